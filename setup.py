@@ -1,0 +1,46 @@
+from setuptools import find_packages, setup
+
+with open('README.md', encoding='utf-8') as readme:
+    long_description = readme.read()
+
+setup(
+    name='threadko',
+    version='0.1.0',
+    description=(
+        "Nameko's microservices programming model on plain OS threads: "
+        'no eventlet, no monkey-patching'),
+    long_description=long_description,
+    long_description_content_type='text/markdown',
+    packages=find_packages(exclude=['tests', 'tests.*', 'examples', 'bench']),
+    python_requires='>=3.9',
+    install_requires=[
+        'click>=7.0',
+        'pika>=1.2',
+        'PyYAML>=5.1',
+        'waitress>=2.0',
+        'werkzeug>=2.0',
+    ],
+    extras_require={
+        'test': [
+            'pytest>=7.0',
+            'pytest-timeout>=2.0',
+            'sphinx>=5.0',
+        ],
+        'dev': [
+            'pytest>=7.0',
+            'pytest-timeout>=2.0',
+            'sphinx>=5.0',
+            'tox>=3.0',
+        ],
+    },
+    entry_points={
+        'console_scripts': ['threadko=threadko.cli.main:main'],
+        'pytest11': ['threadko=threadko.testing.pytest'],
+    },
+    classifiers=[
+        'Programming Language :: Python :: 3',
+        'Programming Language :: Python :: 3 :: Only',
+        'Intended Audience :: Developers',
+        'Topic :: System :: Networking',
+    ],
+)

@@ -1,0 +1,14 @@
+"""threadko: Nameko's programming model on plain OS threads.
+
+``threadko.config`` is the process-wide configuration (Nameko 3 style).
+"""
+
+from threadko.configuration import config
+
+__all__ = ['config', '__version__']
+
+try:
+    from importlib.metadata import PackageNotFoundError, version
+    __version__ = version('threadko')
+except PackageNotFoundError:  # running from a checkout without install
+    __version__ = '0.0.0'

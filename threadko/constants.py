@@ -1,0 +1,47 @@
+"""Configuration keys, defaults and header names shared across threadko.
+
+Key names and case are Nameko's, so an existing Nameko config file works as is.
+"""
+
+AMQP_URI_CONFIG_KEY = 'AMQP_URI'
+WEB_SERVER_CONFIG_KEY = 'WEB_SERVER_ADDRESS'
+RPC_EXCHANGE_CONFIG_KEY = 'rpc_exchange'
+SERIALIZER_CONFIG_KEY = 'serializer'
+SERIALIZERS_CONFIG_KEY = 'SERIALIZERS'
+ACCEPT_CONFIG_KEY = 'ACCEPT'
+HEARTBEAT_CONFIG_KEY = 'HEARTBEAT'
+AMQP_SSL_CONFIG_KEY = 'AMQP_SSL'
+TRANSPORT_OPTIONS_CONFIG_KEY = 'TRANSPORT_OPTIONS'
+LOGIN_METHOD_CONFIG_KEY = 'LOGIN_METHOD'
+SERVICE_CONTAINER_CLS_CONFIG_KEY = 'SERVICE_CONTAINER_CLS'
+LOGGING_CONFIG_KEY = 'LOGGING'
+
+MAX_WORKERS_CONFIG_KEY = 'max_workers'
+PARENT_CALLS_CONFIG_KEY = 'parent_calls_tracked'
+# threadko-only: how long stop()/kill() wait for a managed thread to finish
+# after its extension was told to stop, before giving up on it with a warning.
+THREAD_JOIN_TIMEOUT_CONFIG_KEY = 'THREAD_JOIN_TIMEOUT'
+
+DEFAULT_MAX_WORKERS = 10
+DEFAULT_PARENT_CALLS_TRACKED = 10
+DEFAULT_SERIALIZER = 'json'
+DEFAULT_RETRY_POLICY = {'max_retries': 3}
+DEFAULT_HEARTBEAT = 60
+DEFAULT_TRANSPORT_OPTIONS = {
+    'max_retries': 3,
+    'interval_start': 2,
+    'interval_step': 1,
+    'interval_max': 5,
+}
+DEFAULT_AMQP_URI = 'memory://'
+DEFAULT_THREAD_JOIN_TIMEOUT = 10.0
+
+CALL_ID_STACK_CONTEXT_KEY = 'call_id_stack'
+AUTH_TOKEN_CONTEXT_KEY = 'auth_token'
+LANGUAGE_CONTEXT_KEY = 'language'
+USER_ID_CONTEXT_KEY = 'user_id'
+USER_AGENT_CONTEXT_KEY = 'user_agent'
+
+HEADER_PREFIX = 'nameko'  # on the wire, for interoperability with Nameko
+NON_PERSISTENT = 1
+PERSISTENT = 2

@@ -1,0 +1,653 @@
+"""Service containers: host one service class, its extensions and workers.
+
+Thread model (see ``docs/concepts.rst``):
+
+- every call of a service method runs on a thread of the container's
+  bounded :class:`~concurrent.futures.ThreadPoolExecutor`; the whole worker
+  lifecycle (inject, ``worker_setup``, method, ``handle_result``,
+  ``worker_result``, ``worker_teardown``) happens on that one thread;
+- :meth:`ServiceContainer.spawn_worker` blocks while ``max_workers``
+  workers are busy, so no unbounded backlog builds up in the process;
+- extensions run their background loops in *managed threads*
+  (:meth:`ServiceContainer.spawn_managed_thread`) which the container
+  names, watches and joins.
+"""
+
+import contextvars
+import inspect
+import logging
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+from threadko import serialization
+from threadko.configuration import config as global_config
+from threadko.constants import (
+    CALL_ID_STACK_CONTEXT_KEY, DEFAULT_MAX_WORKERS,
+    DEFAULT_PARENT_CALLS_TRACKED, DEFAULT_THREAD_JOIN_TIMEOUT,
+    MAX_WORKERS_CONFIG_KEY, PARENT_CALLS_CONFIG_KEY,
+    SERVICE_CONTAINER_CLS_CONFIG_KEY, THREAD_JOIN_TIMEOUT_CONFIG_KEY,
+)
+from threadko.exceptions import ConfigurationError, ContainerBeingKilled
+from threadko.extensions import (
+    ENTRYPOINT_EXTENSIONS_ATTR, is_dependency, iter_extensions,
+)
+from threadko.log_helpers import make_timing_logger
+from threadko.utils import import_from_path
+from threadko.utils.concurrency import SpawningSet
+
+_log = logging.getLogger(__name__)
+_log_time = make_timing_logger(_log)
+
+# after kill(), managed threads get this long to notice before we give up
+KILL_JOIN_TIMEOUT = 1.0
+
+
+def get_service_name(service_cls):
+    """Return the ``name`` attribute of a service class, or raise
+    :class:`~threadko.exceptions.ConfigurationError`."""
+    service_name = getattr(service_cls, 'name', None)
+    if service_name is None:
+        raise ConfigurationError(
+            'Service class must define a `name` attribute ({}.{})'.format(
+                service_cls.__module__, service_cls.__name__))
+    if not isinstance(service_name, str):
+        raise ConfigurationError(
+            'Service name attribute must be a string ({}.{}.name)'.format(
+                service_cls.__module__, service_cls.__name__))
+    return service_name
+
+
+def get_container_cls(config=None):
+    """The container class named by ``SERVICE_CONTAINER_CLS``, or
+    :class:`ServiceContainer`."""
+    if config is None:
+        config = global_config
+    class_path = config.get(SERVICE_CONTAINER_CLS_CONFIG_KEY)
+    return import_from_path(class_path) or ServiceContainer
+
+
+def new_call_id():
+    """A new unique id for a call (patch this for predictable ids)."""
+    return str(uuid.uuid4())
+
+
+class WorkerContext:
+    """Everything about one call of a service method.
+
+    :param container: the :class:`ServiceContainer` running the worker
+    :param service: the fresh service instance for this call
+    :param entrypoint: the bound entrypoint that fired
+    :param args: positional call arguments
+    :param kwargs: keyword call arguments
+    :param data: context data that arrived with the call; a
+        ``call_id_stack`` key in it is popped out (the dict is changed) and
+        becomes the parent call stack
+    """
+
+    _call_id = None
+    _call_id_stack = None
+    _parent_call_id_stack = None
+
+    def __init__(self, container, service, entrypoint, args=None,
+                 kwargs=None, data=None):
+        self.container = container
+        self.config = container.config
+        self.service = service
+        self.entrypoint = entrypoint
+        self.service_name = container.service_name
+
+        self.args = args if args is not None else ()
+        self.kwargs = kwargs if kwargs is not None else {}
+        self.data = data if data is not None else {}
+
+        self._parent_call_id_stack = self.data.pop(
+            CALL_ID_STACK_CONTEXT_KEY, [])
+
+    @property
+    def call_id_stack(self):
+        """Parent call ids plus this call's id, keeping the last
+        ``parent_calls_tracked + 1`` entries. A new list each time."""
+        if self._call_id_stack is None:
+            parent_calls_tracked = self.config.get(
+                PARENT_CALLS_CONFIG_KEY, DEFAULT_PARENT_CALLS_TRACKED)
+            stack = deque(maxlen=parent_calls_tracked + 1)
+            stack.extend(self._parent_call_id_stack)
+            stack.append(self.call_id)
+            self._call_id_stack = stack
+        return list(self._call_id_stack)
+
+    @property
+    def call_id(self):
+        """``"<service>.<method>.<uuid>"``, made once and then stable."""
+        if self._call_id is None:
+            self._call_id = '{}.{}.{}'.format(
+                self.service_name, self.entrypoint.method_name,
+                new_call_id())
+        return self._call_id
+
+    @property
+    def context_data(self):
+        """The context data to send onward: :attr:`data` plus the call
+        stack."""
+        data = self.data.copy()
+        data[CALL_ID_STACK_CONTEXT_KEY] = self.call_id_stack
+        return data
+
+    @property
+    def origin_call_id(self):
+        """The first call of the chain this call belongs to, or ``None``."""
+        if self._parent_call_id_stack:
+            return self._parent_call_id_stack[0]
+        return None
+
+    @property
+    def immediate_parent_call_id(self):
+        """The call that made this one, or ``None``."""
+        if self._parent_call_id_stack:
+            return self._parent_call_id_stack[-1]
+        return None
+
+    def __repr__(self):
+        return '<{} [{}.{}] at 0x{:x}>'.format(
+            type(self).__name__, self.service_name,
+            self.entrypoint.method_name, id(self))
+
+
+class _WorkerSlots:
+    """Counts busy workers; ``acquire`` blocks while all slots are taken.
+
+    Unlike a semaphore it can be closed, which wakes every blocked
+    ``acquire`` with :class:`ContainerBeingKilled`, and it can be waited on
+    until idle.
+    """
+
+    def __init__(self, size):
+        self.size = size
+        self.busy = 0
+        self.closed_reason = None
+        self._cond = threading.Condition(threading.Lock())
+
+    def acquire(self):
+        with self._cond:
+            while self.busy >= self.size and self.closed_reason is None:
+                self._cond.wait()
+            if self.closed_reason is not None:
+                raise ContainerBeingKilled(self.closed_reason)
+            self.busy += 1
+
+    def release(self):
+        with self._cond:
+            self.busy -= 1
+            self._cond.notify_all()
+
+    def wait_idle(self):
+        """Block until no worker is busy, or the slots were closed."""
+        with self._cond:
+            while self.busy and self.closed_reason is None:
+                self._cond.wait()
+
+    def close(self, reason):
+        with self._cond:
+            if self.closed_reason is None:
+                self.closed_reason = reason
+            self._cond.notify_all()
+
+
+class _Outcome:
+    """A one-shot outcome: set once, with or without an exception; every
+    waiter sees the same outcome."""
+
+    def __init__(self):
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self.exc_info = None
+
+    def ready(self):
+        return self._event.is_set()
+
+    def send(self, exc_info=None):
+        """Set the outcome; returns False if it was already set."""
+        with self._lock:
+            if self._event.is_set():
+                return False
+            self.exc_info = exc_info
+            self._event.set()
+            return True
+
+    def wait(self, timeout=None):
+        """Wait for the outcome; re-raise its exception if it has one.
+        Returns False on timeout."""
+        if not self._event.wait(timeout):
+            return False
+        if self.exc_info is not None:
+            exc = self.exc_info[1]
+            raise exc.with_traceback(self.exc_info[2])
+        return True
+
+
+class ServiceContainer:
+    """Hosts one service class: binds its extensions, runs its workers on a
+    bounded thread pool and manages the background threads of its
+    extensions.
+
+    :param service_cls: the service class (it must have a ``name``)
+    :param config: a config dict (Nameko 2 style); when omitted the global
+        :data:`threadko.config` is used (Nameko 3 style)
+    :raises ConfigurationError: for a class without a ``name`` or an
+        invalid serializer configuration
+    """
+
+    def __init__(self, service_cls, config=None):
+        self.service_cls = service_cls
+        self.config = global_config if config is None else config
+
+        self.service_name = get_service_name(service_cls)
+        self.shared_extensions = {}
+
+        self.max_workers = (
+            self.config.get(MAX_WORKERS_CONFIG_KEY) or DEFAULT_MAX_WORKERS)
+        self.thread_join_timeout = self.config.get(
+            THREAD_JOIN_TIMEOUT_CONFIG_KEY, DEFAULT_THREAD_JOIN_TIMEOUT)
+
+        self.serializer, self.accept = serialization.setup(self.config)
+
+        self.entrypoints = SpawningSet()
+        self.dependencies = SpawningSet()
+        self.subextensions = SpawningSet()
+
+        for attr_name, dependency in inspect.getmembers(
+                service_cls, is_dependency):
+            bound = dependency.bind(self.interface, attr_name)
+            self.dependencies.add(bound)
+            self.subextensions.update(iter_extensions(bound))
+
+        for method_name, method in inspect.getmembers(
+                service_cls, inspect.isfunction):
+            entrypoints = getattr(method, ENTRYPOINT_EXTENSIONS_ATTR, [])
+            for entrypoint in entrypoints:
+                bound = entrypoint.bind(self.interface, method_name)
+                self.entrypoints.add(bound)
+                self.subextensions.update(iter_extensions(bound))
+
+        self.started = False
+        self._being_killed = False
+        self._lifecycle_lock = threading.Lock()
+        self._died = _Outcome()
+
+        self._worker_count = 0  # only used to name worker threads
+        self._make_worker_pool()
+
+        self._managed_threads = {}  # thread -> identifier
+        self._managed_threads_lock = threading.Lock()
+
+    def _make_worker_pool(self):
+        self._worker_slots = _WorkerSlots(self.max_workers)
+        self._worker_pool = ThreadPoolExecutor(
+            max_workers=self.max_workers,
+            thread_name_prefix='threadko-worker-{}'.format(
+                self.service_name))
+
+    @property
+    def extensions(self):
+        """Every bound extension: entrypoints, dependencies and their
+        sub-extensions."""
+        return SpawningSet(
+            self.entrypoints | self.dependencies | self.subextensions)
+
+    @property
+    def interface(self):
+        """The object extensions bind to (the container itself)."""
+        return self
+
+    # -- lifecycle -------------------------------------------------------
+
+    def start(self):
+        """Start the container: ``setup()`` every extension (concurrently),
+        then ``start()`` every extension (concurrently).
+
+        Blocks until all returned. The first exception is re-raised; the
+        container is then neither started nor killed automatically.
+        """
+        _log.debug('starting %s', self)
+        if self._worker_slots.closed_reason is not None:
+            # restarted after a stop: the old pool is shut down
+            self._make_worker_pool()
+            self._died = _Outcome()
+            self._being_killed = False
+        self.started = True
+
+        with _log_time('started %s', self):
+            self.extensions.all.setup()
+            self.extensions.all.start()
+
+    def stop(self):
+        """Stop the container gracefully.
+
+        1. entrypoints stop (no new work is accepted);
+        2. running workers finish (there is no timeout: workers cannot be
+           interrupted);
+        3. dependency providers stop, then the remaining extensions;
+        4. the worker pool's threads and every managed thread are joined.
+
+        When ``stop()`` returns, no thread the container started is alive,
+        unless an extension left a managed thread running past
+        ``THREAD_JOIN_TIMEOUT`` seconds, which is logged as a warning.
+        If a kill is in progress, waits for it instead.
+        """
+        with self._lifecycle_lock:
+            if self._died.ready():
+                _log.debug('already stopped %s', self)
+                return
+            being_killed = self._being_killed
+
+        if being_killed:
+            _log.debug('already being killed %s', self)
+            self._wait_quietly()
+            return
+
+        _log.debug('stopping %s', self)
+
+        with _log_time('stopped %s', self):
+            self.entrypoints.all.stop()
+            self._worker_slots.wait_idle()
+            self.dependencies.all.stop()
+            self.subextensions.all.stop()
+
+            # no entrypoint is left to spawn workers: close the pool and let
+            # its (idle) threads exit
+            self._worker_slots.close('{} is stopped'.format(self))
+            self._worker_pool.shutdown(wait=True)
+            self._join_managed_threads(self.thread_join_timeout)
+            self.started = False
+
+        with self._lifecycle_lock:
+            being_killed = self._being_killed
+        if being_killed:
+            # a kill started while we were stopping (e.g. a worker failed):
+            # its outcome is the one that counts
+            self._wait_quietly()
+        else:
+            self._died.send(None)
+
+    def kill(self, exc_info=None):
+        """Kill the container, semi-gracefully, and return promptly.
+
+        OS threads cannot be interrupted, so unlike Nameko this does not
+        stop running service code. Instead it:
+
+        - refuses new work (``spawn_worker`` raises
+          :class:`~threadko.exceptions.ContainerBeingKilled`);
+        - calls ``kill()`` on the entrypoints, then on every extension
+          (exceptions are logged and swallowed), which closes broker
+          connections so unacknowledged messages go back to the broker;
+        - abandons running workers: each one finishes its current method
+          call on its own, and its result is discarded (no reply, no ack,
+          no further dependency hooks);
+        - gives managed threads a short time to end, without waiting for
+          running workers.
+
+        :param exc_info: a ``sys.exc_info()`` triple; if given,
+            :meth:`wait` re-raises that exception.
+        """
+        with self._lifecycle_lock:
+            if self._being_killed:
+                already_killing = True
+            else:
+                already_killing = False
+                self._being_killed = True
+                already_dead = self._died.ready()
+
+        if already_killing:
+            _log.debug('already killing %s ... waiting for death', self)
+            self._wait_quietly()
+            return
+        if already_dead:
+            _log.debug('already stopped %s', self)
+            return
+
+        if exc_info is not None:
+            _log.info('killing %s due to %s', self, exc_info[1])
+        else:
+            _log.info('killing %s', self)
+
+        self._worker_slots.close('{} is being killed'.format(self))
+
+        def safely_kill_extensions(extensions):
+            try:
+                extensions.all.kill()
+            except Exception as exc:
+                _log.warning('Extension raised `%s` during kill', exc)
+
+        safely_kill_extensions(self.entrypoints)
+        busy = self._worker_slots.busy
+        if busy:
+            _log.warning(
+                'abandoning %s active worker(s): their results will be '
+                'discarded', busy)
+        safely_kill_extensions(self.extensions)
+
+        # don't wait for abandoned workers; idle pool threads exit by
+        # themselves once the pool is shut down
+        self._worker_pool.shutdown(wait=False)
+        self._join_managed_threads(
+            min(KILL_JOIN_TIMEOUT, self.thread_join_timeout))
+        self.started = False
+        self._died.send(exc_info)
+
+    def wait(self):
+        """Block until the container has stopped or been killed.
+
+        Returns ``None`` after a graceful stop; re-raises the exception
+        the container was killed with (for example one that escaped a
+        managed thread or a dependency provider's worker hook).
+        """
+        self._died.wait()
+
+    def _wait_quietly(self):
+        try:
+            self._died.wait()
+        except Exception:
+            pass  # the killer reports the error, not us
+
+    # -- workers ---------------------------------------------------------
+
+    def spawn_worker(self, entrypoint, args, kwargs, context_data=None,
+                     handle_result=None):
+        """Run the service method behind ``entrypoint`` on a worker thread.
+
+        Blocks while ``max_workers`` workers are busy, then returns the
+        :class:`WorkerContext` as soon as the worker is scheduled (not when
+        it finished).
+
+        :param entrypoint: the bound entrypoint that fired
+        :param args: positional arguments for the method
+        :param kwargs: keyword arguments for the method
+        :param context_data: context data that came with the call
+        :param handle_result: optional ``fn(worker_ctx, result, exc_info)``
+            run on the worker thread after the method; it must return
+            ``(result, exc_info)``, which dependencies' ``worker_result``
+            then receive. Entrypoints send replies and acks here.
+        :raises ContainerBeingKilled: the container is being killed or has
+            stopped; react as if the work had never arrived.
+        """
+        if self._being_killed:
+            _log.info('Worker spawn prevented due to being killed')
+            raise ContainerBeingKilled()
+
+        self._worker_slots.acquire()
+        try:
+            service = self.service_cls()
+            worker_ctx = WorkerContext(
+                self, service, entrypoint, args, kwargs, data=context_data)
+            _log.debug('spawning %s', worker_ctx)
+            # a fresh contextvars context per worker: nothing set by one
+            # worker leaks into the next one that reuses the pool thread
+            self._worker_pool.submit(
+                contextvars.Context().run,
+                self._run_worker_thread, worker_ctx, handle_result)
+        except BaseException:
+            self._worker_slots.release()
+            if self._being_killed:
+                raise ContainerBeingKilled()
+            raise
+        return worker_ctx
+
+    def _run_worker_thread(self, worker_ctx, handle_result):
+        try:
+            self._run_worker(worker_ctx, handle_result)
+        except Exception:
+            if self._being_killed:
+                _log.debug('%s failed after its container was killed',
+                           worker_ctx, exc_info=True)
+            else:
+                _log.critical('%s thread exited with error', self,
+                              exc_info=True)
+                # a failure in the worker lifecycle (not in the service
+                # method) is a bug in an extension: the container dies of it
+                self.kill(sys.exc_info())
+        finally:
+            self._worker_slots.release()
+
+    def _run_worker(self, worker_ctx, handle_result):
+        if self._being_killed:
+            _log.debug('discarding %s: container was killed', worker_ctx)
+            return
+
+        _log.debug('setting up %s', worker_ctx)
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug('call stack for %s: %s',
+                       worker_ctx, '->'.join(worker_ctx.call_id_stack))
+
+        with _log_time('ran worker %s', worker_ctx):
+            self._inject_dependencies(worker_ctx)
+            self._worker_setup(worker_ctx)
+
+            result = exc_info = None
+            method = getattr(worker_ctx.service,
+                             worker_ctx.entrypoint.method_name)
+            try:
+                _log.debug('calling handler for %s', worker_ctx)
+                with _log_time('ran handler for %s', worker_ctx):
+                    result = method(*worker_ctx.args, **worker_ctx.kwargs)
+            except Exception as exc:
+                if isinstance(exc, worker_ctx.entrypoint.expected_exceptions):
+                    _log.warning(
+                        '(expected) error handling worker %s: %s',
+                        worker_ctx, exc, exc_info=True)
+                else:
+                    _log.exception(
+                        'error handling worker %s: %s', worker_ctx, exc)
+                exc_info = sys.exc_info()
+
+            if self._being_killed:
+                # the worker was abandoned by kill(): its result must not
+                # reach the caller, and providers are already killed
+                _log.debug('discarding result of %s: container was killed',
+                           worker_ctx)
+                return
+
+            if handle_result is not None:
+                _log.debug('handling result for %s', worker_ctx)
+                with _log_time('handled result for %s', worker_ctx):
+                    result, exc_info = handle_result(
+                        worker_ctx, result, exc_info)
+
+            with _log_time('tore down worker %s', worker_ctx):
+                self._worker_result(worker_ctx, result, exc_info)
+                # break the traceback -> frame -> exc_info cycle now
+                del exc_info
+                self._worker_teardown(worker_ctx)
+
+    def _inject_dependencies(self, worker_ctx):
+        for provider in self.dependencies:
+            dependency = provider.get_dependency(worker_ctx)
+            setattr(worker_ctx.service, provider.attr_name, dependency)
+
+    def _worker_setup(self, worker_ctx):
+        for provider in self.dependencies:
+            provider.worker_setup(worker_ctx)
+
+    def _worker_result(self, worker_ctx, result, exc_info):
+        _log.debug('signalling result for %s', worker_ctx)
+        for provider in self.dependencies:
+            provider.worker_result(worker_ctx, result, exc_info)
+
+    def _worker_teardown(self, worker_ctx):
+        for provider in self.dependencies:
+            provider.worker_teardown(worker_ctx)
+
+    # -- managed threads -------------------------------------------------
+
+    def spawn_managed_thread(self, fn, identifier=None):
+        """Run ``fn()`` in a background thread owned by this container.
+
+        An exception escaping ``fn`` is logged CRITICAL and kills the
+        container (unless it is already being killed, when it is only
+        logged at DEBUG).
+
+        The extension that spawns the thread must end it in its
+        ``stop()``/``kill()`` (set an event, close a socket): threads
+        cannot be killed. ``stop()`` joins whatever is still running and
+        logs any thread that does not end in time. Managed threads are
+        daemon threads, so a stuck one cannot keep the process alive.
+
+        :param fn: a callable taking no arguments
+        :param identifier: used in the thread's name and in logs; defaults
+            to ``fn.__name__``
+        :returns: the :class:`threading.Thread`
+        """
+        if identifier is None:
+            identifier = getattr(fn, '__name__', '<unknown>')
+
+        thread = threading.Thread(
+            target=self._run_managed_thread, args=(fn,), daemon=True,
+            name='threadko-{}-{}'.format(self.service_name, identifier))
+        with self._managed_threads_lock:
+            self._managed_threads[thread] = identifier
+        thread.start()
+        return thread
+
+    def _run_managed_thread(self, fn):
+        try:
+            fn()
+        except Exception:
+            if self._being_killed:
+                _log.debug('%s thread ended with error during kill', self,
+                           exc_info=True)
+            else:
+                _log.critical('%s thread exited with error', self,
+                              exc_info=True)
+                self.kill(sys.exc_info())
+        finally:
+            with self._managed_threads_lock:
+                self._managed_threads.pop(threading.current_thread(), None)
+
+    def _join_managed_threads(self, timeout):
+        current = threading.current_thread()
+        with self._managed_threads_lock:
+            threads = [
+                (thread, identifier)
+                for thread, identifier in self._managed_threads.items()
+                if thread is not current
+            ]
+        if not threads:
+            return
+        deadline = time.monotonic() + timeout
+        for thread, _ in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        survivors = [
+            identifier for thread, identifier in threads
+            if thread.is_alive()]
+        if survivors:
+            _log.warning(
+                '%s managed thread(s) of %s still running after %.1fs, '
+                'left behind as daemon threads: %s',
+                len(survivors), self, timeout, ', '.join(survivors))
+
+    def __repr__(self):
+        return '<{} [{}] at 0x{:x}>'.format(
+            type(self).__name__, self.service_name, id(self))

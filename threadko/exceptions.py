@@ -1,0 +1,185 @@
+"""Public exception types, and (de)serialisation of exceptions for the wire.
+
+The serialised shape is Nameko's (``exc_type``, ``exc_path``, ``exc_args``,
+``value``), so errors cross between threadko and Nameko services unchanged.
+"""
+
+import inspect
+from collections.abc import Iterable
+
+
+class ThreadkoException(Exception):
+    """Base of threadko's own exceptions that are not Nameko-shaped."""
+
+
+class ExtensionNotFound(AttributeError):
+    """A testing helper was asked for an extension the container does not have."""
+
+
+class RpcTimeout(Exception):
+    """An RPC call did not get its reply within the proxy's ``timeout``."""
+
+
+class ReplyQueueExpiredWithPendingReplies(Exception):
+    """The reply queue went away while calls were still waiting for replies."""
+
+
+class ContainerBeingKilled(Exception):
+    """Raised by :meth:`ServiceContainer.spawn_worker` once the container is
+    being killed (or has stopped) and accepts no more work.
+
+    Entrypoints catch this and behave as if they never received the work;
+    AMQP entrypoints requeue the message so another instance can take it.
+    """
+
+
+registry = {}
+
+
+def get_module_path(exc_type):
+    """Return the dotted path of ``exc_type``, e.g.
+    ``"threadko.exceptions.MethodNotFound"``."""
+    module = inspect.getmodule(exc_type)
+    return '{}.{}'.format(module.__name__, exc_type.__name__)
+
+
+class RemoteError(Exception):
+    """Raised at the caller for an exception that happened in a remote worker
+    and is not registered with :func:`deserialize_to_instance`.
+
+    :param exc_type: name of the remote exception class
+    :param value: its string value
+    """
+
+    def __init__(self, exc_type=None, value=''):
+        self.exc_type = exc_type
+        self.value = value
+        message = '{} {}'.format(exc_type, value)
+        super().__init__(message)
+
+
+def safe_for_serialization(value):
+    """Make ``value`` JSON-friendly: strings stay, mappings and iterables are
+    converted item by item, anything else is stringified (with a fallback
+    when ``str()`` itself fails)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return {
+            safe_for_serialization(key): safe_for_serialization(val)
+            for key, val in value.items()
+        }
+    if isinstance(value, Iterable):
+        return list(map(safe_for_serialization, value))
+    try:
+        return str(value)
+    except Exception:
+        return '[__str__ failed]'
+
+
+def serialize(exc):
+    """Serialise an exception instance into the wire's error dictionary."""
+    return {
+        'exc_type': type(exc).__name__,
+        'exc_path': get_module_path(type(exc)),
+        'exc_args': list(map(safe_for_serialization, exc.args)),
+        'value': safe_for_serialization(exc),
+    }
+
+
+def deserialize(data):
+    """Turn a wire error dictionary back into an exception instance.
+
+    Registered exception types (see :func:`deserialize_to_instance`) come
+    back as themselves; everything else becomes a :class:`RemoteError`.
+    Nameko's own paths (``nameko.exceptions.X``) map to threadko's types.
+    """
+    key = data.get('exc_path')
+    if key in registry:
+        exc_args = data.get('exc_args', ())
+        return registry[key](*exc_args)
+
+    exc_type = data.get('exc_type')
+    value = data.get('value')
+    return RemoteError(exc_type=exc_type, value=value)
+
+
+def deserialize_to_instance(exc_type):
+    """Class decorator: register ``exc_type`` so that a remote error of this
+    type is raised at the caller as an instance of it, not as a
+    :class:`RemoteError`."""
+    key = get_module_path(exc_type)
+    registry[key] = exc_type
+    return exc_type
+
+
+class BadRequest(Exception):
+    """The caller is at fault (HTTP maps it to 400)."""
+
+
+@deserialize_to_instance
+class MalformedRequest(BadRequest):
+    """A request that cannot be understood (e.g. an RPC body without
+    ``args``/``kwargs``)."""
+
+
+@deserialize_to_instance
+class MethodNotFound(BadRequest):
+    """The target service has no such entrypoint method."""
+
+
+@deserialize_to_instance
+class IncorrectSignature(BadRequest):
+    """The call's arguments do not match the method's signature."""
+
+
+class UnknownService(Exception):
+    """No queue is bound for the target service."""
+
+    def __init__(self, service_name):
+        self._service_name = service_name
+        super().__init__(service_name)
+
+    def __str__(self):
+        return 'Unknown service `{}`'.format(self._service_name)
+
+
+class UnserializableValueError(Exception):
+    """A result or argument could not be serialised."""
+
+    def __init__(self, value):
+        try:
+            self.repr_value = repr(value)
+        except Exception:
+            self.repr_value = '[__repr__ failed]'
+        super().__init__()
+
+    def __str__(self):
+        return 'Unserializable value: `{}`'.format(self.repr_value)
+
+
+class ConfigurationError(Exception):
+    """The configuration, or a service definition, is invalid."""
+
+
+class CommandError(Exception):
+    """A CLI command cannot proceed; the message is shown to the user."""
+
+
+class ConnectionNotFound(BadRequest):
+    """Unknown websocket connection id."""
+
+
+class UndeliverableMessage(Exception):
+    """A ``mandatory`` publish was not routed to any queue."""
+
+
+class EventHandlerConfigurationError(Exception):
+    """An event handler was declared with incompatible options."""
+
+
+# Errors that Nameko services send carry Nameko's module path; register the
+# same classes under it so they are re-raised as themselves on this side.
+for _exc_type in (MalformedRequest, MethodNotFound, IncorrectSignature):
+    registry['nameko.exceptions.{}'.format(_exc_type.__name__)] = _exc_type
+del _exc_type

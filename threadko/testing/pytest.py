@@ -1,0 +1,1 @@
+"""threadko's pytest plugin (registered through the ``pytest11`` entry point)."""

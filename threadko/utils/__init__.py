@@ -1,0 +1,78 @@
+"""Small helpers used across threadko (and by extension writers)."""
+
+import inspect
+import re
+from copy import deepcopy
+from pydoc import locate
+from urllib.parse import urlparse
+
+REDACTED = '********'
+
+
+def get_redacted_args(entrypoint, *args, **kwargs):
+    """Return the call arguments of ``entrypoint``'s method as a dict (as
+    :func:`inspect.getcallargs` gives them, without ``self``), deep-copied,
+    with every path in ``entrypoint.sensitive_arguments`` replaced by
+    ``"********"``.
+
+    Paths look like ``arg``, ``arg.key``, ``arg.key[2]`` or ``arg[0].key``.
+    A path that does not match the arguments is ignored silently, so test
+    each entrypoint's redaction to catch typos.
+    """
+    sensitive_arguments = entrypoint.sensitive_arguments
+    if isinstance(sensitive_arguments, str):
+        sensitive_arguments = (sensitive_arguments,)
+
+    method = getattr(entrypoint.container.service_cls, entrypoint.method_name)
+    callargs = inspect.getcallargs(method, None, *args, **kwargs)
+    del callargs['self']
+    # copy first so partial redaction never touches the caller's objects
+    callargs = deepcopy(callargs)
+
+    def redact(data, keys):
+        key = keys[0]
+        if len(keys) == 1:
+            try:
+                data[key] = REDACTED
+            except (KeyError, IndexError, TypeError):
+                pass
+        else:
+            try:
+                child = data[key]
+            except (KeyError, IndexError, TypeError):
+                return
+            redact(child, keys[1:])
+
+    for variable in sensitive_arguments:
+        keys = []
+        for dict_key, list_index in re.findall(r'(\w+)|\[(\d+)\]', variable):
+            if dict_key:
+                keys.append(dict_key)
+            elif list_index:
+                keys.append(int(list_index))
+        if keys and keys[0] in callargs:
+            redact(callargs, keys)
+
+    return callargs
+
+
+def import_from_path(path):
+    """Import and return the object at dotted ``path``; ``None`` gives
+    ``None``. Raises :exc:`ImportError` if nothing is found there."""
+    if path is None:
+        return None
+    obj = locate(path)
+    if obj is None:
+        raise ImportError('`{}` could not be imported'.format(path))
+    return obj
+
+
+def sanitize_url(url):
+    """Return ``url`` with its password (if any) replaced by ``********``."""
+    parts = urlparse(url)
+    if parts.password is None:
+        return url
+    host_info = parts.netloc.rsplit('@', 1)[-1]
+    parts = parts._replace(netloc='{}:{}@{}'.format(
+        parts.username, REDACTED, host_info))
+    return parts.geturl()
