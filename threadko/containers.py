@@ -354,21 +354,24 @@ class ServiceContainer:
         with _log_time('stopped %s', self):
             self.entrypoints.all.stop()
             self._worker_slots.wait_idle()
+            if self._being_killed:
+                # a kill started while we were stopping (e.g. a worker
+                # failed): it finishes the job and its outcome counts
+                self._wait_quietly()
+                return
             self.dependencies.all.stop()
             self.subextensions.all.stop()
 
             # no entrypoint is left to spawn workers: close the pool and let
             # its (idle) threads exit
             self._worker_slots.close('{} is stopped'.format(self))
-            self._worker_pool.shutdown(wait=True)
+            self._worker_pool.shutdown(wait=not self._being_killed)
             self._join_managed_threads(self.thread_join_timeout)
             self.started = False
 
         with self._lifecycle_lock:
             being_killed = self._being_killed
         if being_killed:
-            # a kill started while we were stopping (e.g. a worker failed):
-            # its outcome is the one that counts
             self._wait_quietly()
         else:
             self._died.send(None)

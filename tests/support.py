@@ -1,0 +1,116 @@
+"""Small building blocks shared by the core tests: an entrypoint that fires on
+demand, and a recorder that notes which lifecycle hooks ran, in order."""
+
+import threading
+
+from threadko.extensions import DependencyProvider, Entrypoint
+
+WAIT = 5  # seconds: the longest any test waits for something that must happen
+
+
+class Fire(Entrypoint):
+    """An entrypoint that fires when the test calls :meth:`fire`."""
+
+    def fire(self, *args, context_data=None, **kwargs):
+        """Spawn a worker and return a handle whose ``result()`` waits for
+        the worker's ``handle_result`` stage."""
+        handle = WorkerHandle()
+        self.container.spawn_worker(
+            self, args, kwargs, context_data=context_data,
+            handle_result=handle.handle_result)
+        return handle
+
+
+fire = Fire.decorator
+
+
+class WorkerHandle:
+    def __init__(self):
+        self.done = threading.Event()
+        self.result_value = None
+        self.exc_info = None
+        self.worker_ctx = None
+
+    def handle_result(self, worker_ctx, result, exc_info):
+        self.worker_ctx = worker_ctx
+        self.result_value = result
+        self.exc_info = exc_info
+        self.done.set()
+        return result, exc_info
+
+    def result(self, timeout=WAIT):
+        assert self.done.wait(timeout), 'worker did not finish'
+        if self.exc_info is not None:
+            raise self.exc_info[1]
+        return self.result_value
+
+
+def entrypoint_for(container, method_name):
+    return next(
+        ep for ep in container.entrypoints if ep.method_name == method_name)
+
+
+class Recorder:
+    """A thread-safe list of events, with a way to wait for one."""
+
+    def __init__(self):
+        self.events = []
+        self._cond = threading.Condition()
+
+    def __call__(self, *event):
+        with self._cond:
+            self.events.append(event if len(event) > 1 else event[0])
+            self._cond.notify_all()
+
+    def kinds(self):
+        return [e[0] if isinstance(e, tuple) else e for e in self.events]
+
+    def index_of_kind(self, kind):
+        return self.kinds().index(kind)
+
+    def wait_for_kind(self, kind, timeout=WAIT):
+        with self._cond:
+            assert self._cond.wait_for(
+                lambda: kind in self.kinds(), timeout), (
+                'never saw {!r}; saw {!r}'.format(kind, self.events))
+
+    def wait_for(self, event, timeout=WAIT):
+        with self._cond:
+            assert self._cond.wait_for(
+                lambda: event in self.events, timeout), (
+                'never saw {!r}; saw {!r}'.format(event, self.events))
+
+
+class RecordingProvider(DependencyProvider):
+    """Records every lifecycle hook it sees into ``self.record`` (a
+    :class:`Recorder` given at declaration time)."""
+
+    def __init__(self, record):
+        self.record = record
+
+    def setup(self):
+        self.record('setup', self.attr_name)
+
+    def start(self):
+        self.record('start', self.attr_name)
+
+    def stop(self):
+        self.record('stop', self.attr_name)
+
+    def kill(self):
+        self.record('kill', self.attr_name)
+
+    def get_dependency(self, worker_ctx):
+        self.record('get_dependency', threading.get_ident())
+        return self.attr_name
+
+    def worker_setup(self, worker_ctx):
+        self.record('worker_setup', threading.get_ident())
+
+    def worker_result(self, worker_ctx, result=None, exc_info=None):
+        self.record('worker_result', threading.get_ident())
+        self.record('worker_result_args', result,
+                    None if exc_info is None else exc_info[0])
+
+    def worker_teardown(self, worker_ctx):
+        self.record('worker_teardown', threading.get_ident())
