@@ -1,1 +1,184 @@
-"""threadko's pytest plugin (registered through the ``pytest11`` entry point)."""
+"""threadko's pytest plugin (registered through the ``pytest11`` entry
+point, so installing threadko makes its fixtures available).
+
+The fixtures keep Nameko's names and accept both Nameko 2 style (config
+dicts passed around) and Nameko 3 style (the global :data:`threadko.config`)
+tests. There are no eventlet options: threadko needs no monkey-patching.
+
+threadko is imported inside the fixtures, not at module level, so that
+loading the plugin does not import it before coverage measurement starts.
+"""
+
+import pytest
+
+
+@pytest.fixture
+def empty_config():
+    """Clear the global :data:`threadko.config` for the test (it is
+    restored afterwards) and provide an empty dict, for Nameko 2 style
+    tests that pass a config dict around."""
+    from threadko import config
+
+    with config.patch({}, clear=True):
+        yield {}
+
+
+@pytest.fixture
+def mock_container():
+    """An autospec'd :class:`~threadko.containers.ServiceContainer` class
+    mock, for unit tests of extensions.
+
+    Its ``config`` is the global :data:`threadko.config`, patched for the
+    test with ``{"serializer": "json"}`` (so both ``mock_container.config[
+    key] = value`` and ``config.patch(...)`` work and are undone
+    afterwards); ``serializer`` and ``accept`` are set to match.
+    """
+    from unittest.mock import create_autospec
+
+    from threadko import config
+    from threadko.constants import DEFAULT_SERIALIZER, SERIALIZER_CONFIG_KEY
+    from threadko.containers import ServiceContainer
+
+    container = create_autospec(ServiceContainer)
+    with config.patch({SERIALIZER_CONFIG_KEY: DEFAULT_SERIALIZER}):
+        container.config = config
+        container.serializer = DEFAULT_SERIALIZER
+        container.accept = [DEFAULT_SERIALIZER]
+        yield container
+
+
+def _apply_config(config):
+    """Patch the global config with ``config`` (its previous contents come
+    back when the calling fixture's own patch ends) and return a snapshot
+    dict of the result."""
+    from threadko import config as global_config
+
+    global_config.update(config)
+    return dict(global_config)
+
+
+@pytest.fixture
+def container_factory():
+    """``make(service_cls, config=None)`` returns an unstarted container
+    (of the ``SERVICE_CONTAINER_CLS`` class, if set).
+
+    - ``config=None`` (Nameko 3 style): the container reads the global
+      :data:`threadko.config`.
+    - a dict (a full Nameko 2 config, or a Nameko 3 partial patch): the
+      global config is updated with it for the rest of the test, and the
+      container gets a snapshot dict of the updated global config.
+
+    At teardown every container made is killed, newest first, and the
+    global config is restored to what it was when the fixture was set up.
+    """
+    from threadko import config as global_config
+    from threadko.containers import get_container_cls
+
+    made = []
+
+    def make_container(service_cls, config=None):
+        if config is None:
+            container = get_container_cls()(service_cls)
+        else:
+            snapshot = _apply_config(config)
+            container = get_container_cls(snapshot)(service_cls, snapshot)
+        made.append(container)
+        return container
+
+    # snapshot the config now, so it is restored in the right order however
+    # this fixture's teardown interleaves with other config fixtures'
+    with global_config.patch({}):
+        try:
+            yield make_container
+        finally:
+            _kill_all(reversed(made))
+
+
+@pytest.fixture
+def runner_factory():
+    """``make(config, *service_classes)`` (Nameko 2) or
+    ``make(*service_classes)`` (Nameko 3) returns an unstarted
+    :class:`~threadko.runners.ServiceRunner` hosting the classes.
+
+    A config mapping as first argument is handled as by
+    :func:`container_factory`. At teardown every runner made is killed,
+    newest first, and the global config is restored.
+    """
+    from collections.abc import Mapping
+
+    from threadko import config as global_config
+    from threadko.runners import ServiceRunner
+
+    made = []
+
+    def make_runner(*args):
+        if args and isinstance(args[0], Mapping):
+            runner = ServiceRunner(_apply_config(args[0]))
+            service_classes = args[1:]
+        else:
+            runner = ServiceRunner()
+            service_classes = args
+        made.append(runner)
+        for service_cls in service_classes:
+            runner.add_service(service_cls)
+        return runner
+
+    with global_config.patch({}):
+        try:
+            yield make_runner
+        finally:
+            _kill_all(reversed(made))
+
+
+def _kill_all(items):
+    import logging
+
+    for item in items:
+        try:
+            item.kill()
+        except Exception:
+            logging.getLogger(__name__).warning(
+                'error killing %r at test teardown', item, exc_info=True)
+
+
+@pytest.fixture
+def predictable_call_ids():
+    """Make call ids predictable: ``threadko.containers.new_call_id``
+    returns ``"0"``, ``"1"``, ... (thread-safe). Provides the mock."""
+    import itertools
+    import threading
+    from unittest.mock import patch
+
+    counter = itertools.count()
+    lock = threading.Lock()
+
+    def next_id():
+        with lock:
+            return str(next(counter))
+
+    with patch('threadko.containers.new_call_id', autospec=True) as get_id:
+        get_id.side_effect = next_id
+        yield get_id
+
+
+@pytest.fixture
+def web_config():
+    """Patch the global config's ``WEB_SERVER_ADDRESS`` with
+    ``127.0.0.1:<a free port>`` for the test, and provide
+    ``{"WEB_SERVER_ADDRESS": ...}`` for Nameko 2 style tests."""
+    from threadko import config
+    from threadko.constants import WEB_SERVER_CONFIG_KEY
+    from threadko.testing.utils import find_free_port
+
+    web_config = {
+        WEB_SERVER_CONFIG_KEY: '127.0.0.1:{}'.format(find_free_port())}
+    with config.patch(web_config):
+        yield web_config
+
+
+@pytest.fixture
+def web_config_port(web_config):
+    """The port of :func:`web_config`'s address (an ``int``)."""
+    from threadko.constants import WEB_SERVER_CONFIG_KEY
+
+    return int(web_config[WEB_SERVER_CONFIG_KEY].rsplit(':', 1)[-1])
