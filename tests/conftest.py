@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from threadko.containers import ServiceContainer
+
 LEAK_GRACE = 5.0  # seconds for threads that are already on their way out
 
 
@@ -24,3 +26,19 @@ def no_leaked_threadko_threads():
         thread.join(max(0.0, deadline - time.monotonic()))
     alive = sorted(t.name for t in leaked if t.is_alive())
     assert not alive, 'threads left running after the test: {}'.format(alive)
+
+
+@pytest.fixture
+def containers():
+    """Containers made by a test; killed at teardown if still alive."""
+    made = []
+
+    def make(service_cls, config=None):
+        container = ServiceContainer(
+            service_cls, {} if config is None else config)
+        made.append(container)
+        return container
+
+    yield make
+    for container in made:
+        container.kill()

@@ -16,28 +16,11 @@ import pytest
 
 from support import WAIT, entrypoint_for, fire
 
-from threadko.containers import ServiceContainer
 
 # sqlite3's busy timeout: how long a blocked statement keeps retrying
 # inside the C library before it gives up with "database is locked"
 BUSY_TIMEOUT = 20
 WORKERS = 8
-
-
-@pytest.fixture
-def containers():
-    """Containers made by a test; killed at teardown if still alive."""
-    made = []
-
-    def make(service_cls, config=None):
-        container = ServiceContainer(
-            service_cls, {} if config is None else config)
-        made.append(container)
-        return container
-
-    yield make
-    for container in made:
-        container.kill()
 
 
 @pytest.fixture

@@ -18,22 +18,6 @@ from threadko.exceptions import ConfigurationError, ContainerBeingKilled
 from threadko.extensions import DependencyProvider, Extension
 
 
-@pytest.fixture
-def containers():
-    """Containers made by a test; killed at teardown if still alive."""
-    made = []
-
-    def make(service_cls, config=None):
-        container = ServiceContainer(
-            service_cls, {} if config is None else config)
-        made.append(container)
-        return container
-
-    yield make
-    for container in made:
-        container.kill()
-
-
 def threadko_threads(container):
     prefix = 'threadko-'
     return [

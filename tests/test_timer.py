@@ -8,7 +8,6 @@ import pytest
 
 from support import WAIT
 
-from threadko.containers import ServiceContainer
 from threadko.timer import Timer, timer
 
 # long enough that a timer which sleeps it never fires again during a test
@@ -17,22 +16,6 @@ FOREVER = 1000
 # how long a test waits to see that something does NOT happen; what it
 # guards against would happen within microseconds
 NEGATIVE_WINDOW = 0.3
-
-
-@pytest.fixture
-def containers():
-    """Containers made by a test; killed at teardown if still alive."""
-    made = []
-
-    def make(service_cls, config=None):
-        container = ServiceContainer(
-            service_cls, {} if config is None else config)
-        made.append(container)
-        return container
-
-    yield make
-    for container in made:
-        container.kill()
 
 
 class Ticks:

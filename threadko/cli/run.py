@@ -28,6 +28,7 @@ import time
 
 import click
 
+from threadko.cli.options import config_options
 from threadko.configuration import config as global_config
 from threadko.config_files import build_config_with_warnings, setup_logging
 from threadko.constants import AMQP_URI_CONFIG_KEY
@@ -293,12 +294,7 @@ def _prepend_cwd_to_sys_path():
 
 
 @click.command('run')
-@click.option('-c', '--config', 'config_path', metavar='FILE',
-              help='YAML config file.')
-@click.option('-d', '--define', 'defines', multiple=True,
-              metavar='KEY=VALUE',
-              help='Set a config value (VALUE is read as YAML); overrides '
-                   'the file. KEY alone means True. Repeatable.')
+@config_options
 @click.option('--broker', metavar='URI',
               help='AMQP broker URI, used only when the config does not set '
                    'AMQP_URI (default: the in-process broker, memory://).')

@@ -6,6 +6,7 @@ import re
 import click
 import yaml
 
+from threadko.cli.options import config_options
 from threadko.config_files import build_config_with_warnings
 from threadko.utils import REDACTED, sanitize_url
 
@@ -33,12 +34,7 @@ def redact_url_passwords(value):
 
 
 @click.command('show-config')
-@click.option('-c', '--config', 'config_path', metavar='FILE',
-              help='YAML config file.')
-@click.option('-d', '--define', 'defines', multiple=True,
-              metavar='KEY=VALUE',
-              help='Set a config value (VALUE is read as YAML); overrides '
-                   'the file. KEY alone means True. Repeatable.')
+@config_options
 def show_config(config_path, defines):
     """Print the configuration as YAML.
 
