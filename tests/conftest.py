@@ -42,3 +42,43 @@ def containers():
     yield make
     for container in made:
         container.kill()
+
+
+class BrokerUnderTest:
+    """A fresh vhost on one of the two brokers the AMQP scenarios run on."""
+
+    def __init__(self, kind, config, drop_connections):
+        self.kind = kind
+        self.config = config
+        self._drop_connections = drop_connections
+
+    def drop_connections(self):
+        """Make the broker close every connection of this vhost, as
+        `rabbitmqctl close_all_connections` does."""
+        self._drop_connections()
+
+    def __repr__(self):
+        return '<{} broker {}>'.format(self.kind, self.config['AMQP_URI'])
+
+
+def _rabbitmqctl_close_all(vhost):
+    import subprocess
+    subprocess.run(
+        ['rabbitmqctl', '--quiet', 'close_all_connections', '--vhost', vhost,
+         'closed by threadko test'],
+        check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture(params=['memory', 'rabbit'])
+def broker(request):
+    """Runs a test once on the embedded ``memory://`` broker and once on
+    RabbitMQ, each time on a vhost of its own."""
+    if request.param == 'memory':
+        from threadko.amqp import memory
+        config = request.getfixturevalue('memory_config')
+        return BrokerUnderTest(
+            'memory', config,
+            lambda: memory.get_broker(config['vhost']).close_all_connections())
+    config = request.getfixturevalue('rabbit_config')
+    return BrokerUnderTest(
+        'rabbit', config, lambda: _rabbitmqctl_close_all(config['vhost']))

@@ -24,6 +24,11 @@ class ReplyQueueExpiredWithPendingReplies(Exception):
     """The reply queue went away while calls were still waiting for replies."""
 
 
+class RpcClientStopped(RuntimeError):
+    """A call was made through a standalone RPC client that is stopped
+    (or was never started); start it, or use it as a context manager."""
+
+
 class ContainerBeingKilled(Exception):
     """Raised by :meth:`ServiceContainer.spawn_worker` once the container is
     being killed (or has stopped) and accepts no more work.
@@ -81,10 +86,18 @@ def serialize(exc):
     """Serialise an exception instance into the wire's error dictionary."""
     return {
         'exc_type': type(exc).__name__,
-        'exc_path': get_module_path(type(exc)),
+        'exc_path': _wire_path(type(exc)),
         'exc_args': list(map(safe_for_serialization, exc.args)),
         'value': safe_for_serialization(exc),
     }
+
+
+def _wire_path(exc_type):
+    # threadko's versions of Nameko's exceptions travel under Nameko's
+    # path, so a Nameko caller re-raises them as its own types
+    if exc_type.__module__ == __name__ and exc_type.__name__ in _NAMEKO_NAMES:
+        return 'nameko.exceptions.{}'.format(exc_type.__name__)
+    return get_module_path(exc_type)
 
 
 def deserialize(data):
@@ -177,6 +190,15 @@ class UndeliverableMessage(Exception):
 class EventHandlerConfigurationError(Exception):
     """An event handler was declared with incompatible options."""
 
+
+# the classes nameko.exceptions also defines (see _wire_path)
+_NAMEKO_NAMES = frozenset([
+    'RemoteError', 'BadRequest', 'MalformedRequest', 'MethodNotFound',
+    'IncorrectSignature', 'ConnectionNotFound', 'UnknownService',
+    'UnserializableValueError', 'RpcTimeout', 'ContainerBeingKilled',
+    'ExtensionNotFound', 'ConfigurationError', 'CommandError',
+    'ReplyQueueExpiredWithPendingReplies',
+])
 
 # Errors that Nameko services send carry Nameko's module path; register the
 # same classes under it so they are re-raised as themselves on this side.

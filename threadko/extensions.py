@@ -189,6 +189,8 @@ class ProviderCollector:
         with self._providers_lock:
             self._providers_registered = True
             self._providers.add(provider)
+            # a restarted container registers its providers again
+            self._last_provider_unregistered.clear()
 
     def unregister_provider(self, provider):
         """Remove ``provider``; when the last one goes, release anyone in

@@ -5,11 +5,46 @@ The fixtures keep Nameko's names and accept both Nameko 2 style (config
 dicts passed around) and Nameko 3 style (the global :data:`threadko.config`)
 tests. There are no eventlet options: threadko needs no monkey-patching.
 
+RabbitMQ fixtures (``rabbit_manager``, ``rabbit_config``, ``amqp_uri``,
+``get_message_from_queue``) use the broker given by ``--amqp-uri`` and its
+management API given by ``--rabbit-api-uri``; ``scripts/test`` starts one.
+``memory_config`` uses the embedded ``memory://`` broker instead.
+
 threadko is imported inside the fixtures, not at module level, so that
 loading the plugin does not import it before coverage measurement starts.
 """
 
+import os
+import random
+import string
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
 import pytest
+
+DEFAULT_AMQP_URI = 'amqp://guest:guest@localhost:5672/'
+DEFAULT_API_URI = 'http://guest:guest@localhost:15672'
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup('threadko', 'threadko RabbitMQ fixtures')
+    group.addoption(
+        '--amqp-uri', '--rabbit-amqp-uri',
+        action='store',
+        dest='RABBIT_AMQP_URI',
+        default=os.environ.get('THREADKO_TEST_AMQP_URI', DEFAULT_AMQP_URI),
+        help=(
+            'URI of the RabbitMQ broker for the rabbit_config fixture '
+            '(default: $THREADKO_TEST_AMQP_URI or {}). Its vhost is '
+            'ignored: every test gets a vhost of its own.'.format(
+                DEFAULT_AMQP_URI)))
+    group.addoption(
+        '--rabbit-api-uri', '--rabbit-ctl-uri',
+        action='store',
+        dest='RABBIT_API_URI',
+        default=os.environ.get('THREADKO_TEST_API_URI', DEFAULT_API_URI),
+        help=(
+            "URI of RabbitMQ's management HTTP API (default: "
+            '$THREADKO_TEST_API_URI or {}).'.format(DEFAULT_API_URI)))
 
 
 @pytest.fixture
@@ -182,3 +217,127 @@ def web_config_port(web_config):
     from threadko.constants import WEB_SERVER_CONFIG_KEY
 
     return int(web_config[WEB_SERVER_CONFIG_KEY].rsplit(':', 1)[-1])
+
+
+def _random_vhost():
+    return 'threadko_test_' + ''.join(
+        random.choice(string.ascii_lowercase) for _ in range(10))
+
+
+def _hide_password(uri):
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(
+        ':{}@'.format(parts.password), ':****@', 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@pytest.fixture(scope='session')
+def rabbit_manager(request):
+    """A :class:`~threadko.testing.rabbit.RabbitManager` for the
+    ``--rabbit-api-uri`` management API. Fails (not skips) the tests that
+    use it when the API does not answer."""
+    from threadko.testing.rabbit import RabbitManager, RabbitManagerError
+
+    api_uri = request.config.getoption('RABBIT_API_URI')
+    manager = RabbitManager(api_uri)
+    try:
+        manager.get_vhosts()
+    except RabbitManagerError as exc:
+        pytest.fail(
+            'RabbitMQ is not reachable at {} ({}). scripts/test starts one; '
+            'or pass --amqp-uri/--rabbit-api-uri for another broker.'.format(
+                _hide_password(api_uri), exc),
+            pytrace=False)
+    return manager
+
+
+@pytest.fixture
+def rabbit_config(request, rabbit_manager):
+    """A fresh vhost on the ``--amqp-uri`` broker, deleted (with its
+    queues, exchanges and connections) after the test.
+
+    Provides ``{"AMQP_URI": <the URI with that vhost>, "username": ...,
+    "vhost": ...}`` for Nameko 2 style tests, and patches the global
+    :data:`threadko.config` with the same values for the test.
+    """
+    from threadko import config
+
+    parts = urlsplit(request.config.getoption('RABBIT_AMQP_URI'))
+    username = unquote(parts.username or 'guest')
+    vhost = _random_vhost()
+    rabbit_manager.create_vhost(vhost)
+    try:
+        rabbit_manager.set_vhost_permissions(vhost, username)
+        amqp_uri = urlunsplit(
+            (parts.scheme, parts.netloc, '/' + quote(vhost, safe=''),
+             parts.query, ''))
+        conf = {'AMQP_URI': amqp_uri, 'username': username, 'vhost': vhost}
+        with config.patch(conf):
+            yield conf
+    finally:
+        _delete_vhost(rabbit_manager, vhost)
+
+
+def _delete_vhost(rabbit_manager, vhost, attempts=3):
+    from threadko.testing.rabbit import RabbitManagerError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            rabbit_manager.delete_vhost(vhost)
+            return
+        except RabbitManagerError as exc:
+            if exc.status == 404:  # the test deleted it already
+                return
+            if attempt == attempts:
+                raise
+
+
+@pytest.fixture
+def amqp_uri(rabbit_config):
+    """The AMQP URI of :func:`rabbit_config`'s vhost."""
+    return rabbit_config['AMQP_URI']
+
+
+@pytest.fixture
+def rabbit_uri(rabbit_config):
+    """The same as :func:`amqp_uri`."""
+    return rabbit_config['AMQP_URI']
+
+
+@pytest.fixture
+def memory_config():
+    """A fresh vhost on the embedded broker: provides ``{"AMQP_URI":
+    "memory:///<vhost>", "vhost": ...}``, patches the global
+    :data:`threadko.config` with it for the test, and deletes the vhost
+    (and what is in it) afterwards."""
+    from threadko import config
+    from threadko.amqp import memory
+
+    vhost = _random_vhost()
+    conf = {'AMQP_URI': 'memory:///' + vhost, 'vhost': vhost}
+    try:
+        with config.patch(conf):
+            yield conf
+    finally:
+        memory.delete_vhost(vhost)
+
+
+@pytest.fixture
+def get_message_from_queue(rabbit_config):
+    """``get(queue_name, ack=True, block=True, timeout=1)`` reads one
+    message from a queue in :func:`rabbit_config`'s vhost and returns a
+    :class:`~threadko.testing.rabbit.ReceivedMessage` (``body``,
+    ``properties``, ``headers``, ``payload``). ``ack=False`` puts it back;
+    :class:`~threadko.testing.rabbit.QueueEmpty` is raised when none
+    arrives within ``timeout`` seconds (at once without ``block``)."""
+    from threadko.testing import rabbit
+
+    uri = rabbit_config['AMQP_URI']
+
+    def get(queue_name, ack=True, block=True, timeout=1):
+        return rabbit.get_message_from_queue(
+            uri, queue_name, ack=ack, block=block, timeout=timeout)
+
+    return get

@@ -1,0 +1,42 @@
+"""The README's first command: run the example services on the embedded
+broker, call them from a standalone client, and serve until Ctrl-C.
+
+Usage: ``python -m examples [AMQP_URI]`` (default ``memory://``, the
+in-process broker, which needs no setup; the client then has to live in
+this same process, as it does here). Pass a RabbitMQ URI to run the same
+services on RabbitMQ, where other processes can call them too.
+"""
+
+import signal
+import sys
+import threading
+
+from examples.rpc import ServiceX, ServiceY
+from examples.standalone_rpc import main as call_services
+from threadko.runners import ServiceRunner
+
+
+def serve(amqp_uri):
+    config = {"AMQP_URI": amqp_uri}
+    runner = ServiceRunner(config)
+    runner.add_service(ServiceX)
+    runner.add_service(ServiceY)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+
+    runner.start()
+    print("service_x and service_y are running on {}".format(amqp_uri),
+          flush=True)
+    try:
+        call_services(amqp_uri)
+        print("serving until Ctrl-C ...", flush=True)
+        stop.wait()
+    finally:
+        runner.stop()
+    print("stopped", flush=True)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1] if len(sys.argv) > 1 else "memory://")

@@ -1,0 +1,458 @@
+"""The container's broker consumer: one connection, owned by one thread.
+
+:class:`QueueConsumer` is a shared extension, so every AMQP entrypoint of a
+container (and its RPC reply listener) consumes through the same
+connection, as in Nameko 2. Its *consumer thread* owns the pika connection:
+it declares the queues, consumes with ``prefetch_count = max_workers`` per
+queue, and sends every ack and requeue (worker threads hand those over with
+``add_callback_threadsafe``). It never blocks on the worker pool, so
+heartbeats keep flowing while all workers are busy: deliveries for
+entrypoints go to a *dispatcher thread*, which decodes them and waits for a
+worker slot. The backlog it can hold is bounded by the prefetch counts.
+
+When the connection is lost, the consumer thread reconnects with back-off,
+redeclares and resumes. Acks for deliveries of the lost connection are
+dropped, because the broker has already requeued those messages.
+"""
+
+import logging
+import queue
+import threading
+from functools import partial
+
+import pika.exceptions
+
+from threadko.amqp.connection import CONNECTION_ERRORS, Connector
+from threadko.amqp.publish import DECOMPRESSORS
+from threadko.constants import DEFAULT_HEARTBEAT, HEARTBEAT_CONFIG_KEY
+from threadko.exceptions import ConfigurationError
+from threadko.extensions import ProviderCollector, SharedExtension
+from threadko import serialization
+
+_log = logging.getLogger(__name__)
+
+# how long the consumer thread blocks in pika before checking its flags
+POLL_INTERVAL = 1.0
+
+_STOP = object()
+
+# channel errors during declaration are mistakes in the declarations (406
+# inequivalent flags, 403 access refused, 405 locked), not outages
+DECLARATION_ERRORS = (pika.exceptions.ChannelClosedByBroker,)
+
+
+class Message:
+    """One delivery, as handed to a provider's ``handle_message``.
+
+    ``ack()``, ``requeue()`` and ``discard()`` may be called from any
+    thread, once. Settling a delivery of a connection that has since been
+    lost does nothing (the broker has requeued it already).
+    """
+
+    __slots__ = ('_consumer_thread', 'connection', 'channel', 'method',
+                 'properties', 'body', '_settled')
+
+    def __init__(self, consumer_thread, connection, channel, method,
+                 properties, body):
+        self._consumer_thread = consumer_thread
+        self.connection = connection
+        self.channel = channel
+        self.method = method
+        self.properties = properties
+        self.body = body
+        self._settled = False
+
+    @property
+    def headers(self):
+        return self.properties.headers or {}
+
+    @property
+    def routing_key(self):
+        return self.method.routing_key
+
+    @property
+    def delivery_tag(self):
+        return self.method.delivery_tag
+
+    @property
+    def redelivered(self):
+        return self.method.redelivered
+
+    def decode(self, accept):
+        """Decompress and decode the body.
+
+        :param accept: set of accepted content types
+        :raises serialization.ContentDisallowed, serialization.DecodeError:
+        """
+        body = self.body
+        compression = self.headers.get('compression')
+        if compression:
+            decompress = DECOMPRESSORS.get(compression)
+            if decompress is None:
+                raise serialization.DecodeError(
+                    'unknown compression {!r}'.format(compression))
+            try:
+                body = decompress(body)
+            except Exception as exc:
+                raise serialization.DecodeError(
+                    'cannot decompress body: {}'.format(exc))
+        return serialization.decode(
+            body, self.properties.content_type,
+            self.properties.content_encoding, accept)
+
+    def ack(self):
+        self._settle('ack')
+
+    def requeue(self):
+        """Give the message back to the broker for redelivery."""
+        self._settle('requeue')
+
+    def discard(self):
+        """Reject the message without requeueing it."""
+        self._settle('discard')
+
+    def _settle(self, action):
+        if self._settled:
+            return
+        self._settled = True
+        if threading.current_thread() is self._consumer_thread:
+            self._settle_now(action)
+            return
+        try:
+            self.connection.add_callback_threadsafe(
+                partial(self._settle_now, action))
+        except CONNECTION_ERRORS:
+            _log.debug('not settling %s: its connection is gone', self)
+
+    def _settle_now(self, action):
+        if not self.channel.is_open:
+            _log.debug('not settling %s: its channel is closed', self)
+            return
+        try:
+            if action == 'ack':
+                self.channel.basic_ack(self.delivery_tag)
+            else:
+                self.channel.basic_nack(
+                    self.delivery_tag, requeue=(action == 'requeue'))
+        except (pika.exceptions.AMQPError,) + CONNECTION_ERRORS:
+            _log.debug('could not %s %s', action, self, exc_info=True)
+
+    def __repr__(self):
+        return '<Message {} #{}>'.format(
+            self.method.routing_key, self.method.delivery_tag)
+
+
+class ConsumerLoop:
+    """A connection that consumes, run by one thread until stopped.
+
+    :meth:`run` connects (retrying forever with the connector's back-off,
+    logging each failure), calls ``on_connect(connection, channel)`` to
+    declare and start consuming, then processes broker events until
+    :meth:`stop`. A lost connection is replaced the same way.
+
+    ``on_connect`` may raise one of :data:`DECLARATION_ERRORS`: before the
+    first successful connection that ends the loop and :meth:`wait_ready`
+    raises :class:`ConfigurationError`; later it propagates from
+    :meth:`run`.
+    """
+
+    def __init__(self, connector, on_connect, description,
+                 give_up_first_connect=False):
+        self.connector = connector
+        self.on_connect = on_connect
+        self.description = description
+        # clients would rather fail than wait forever for a broker
+        self.give_up_first_connect = give_up_first_connect
+        self.connection = None  # for other threads' call_soon
+        self._stopping = threading.Event()
+        self._ready = _Ready()
+
+    def run(self):
+        retry_intervals = None
+        while not self._stopping.is_set():
+            try:
+                connection = self.connector.connect()
+            except CONNECTION_ERRORS as exc:
+                if retry_intervals is None:
+                    policy = self.connector.retry_policy
+                    retry_intervals = (
+                        policy.intervals()
+                        if self.give_up_first_connect
+                        and not self._ready.done()
+                        else _forever(policy))
+                wait = next(retry_intervals, None)
+                if wait is None:
+                    self._ready.fail(exc)
+                    return
+                _log.warning(
+                    'Error connecting to broker at %s (%s).\n'
+                    'Retrying in %s seconds.', self.connector.safe_uri,
+                    exc or type(exc).__name__, wait)
+                self._stopping.wait(wait)
+                continue
+
+            retry_intervals = None
+            try:
+                self._consume(connection)
+            except DECLARATION_ERRORS as exc:
+                if self._ready.done():
+                    raise
+                self._ready.fail(ConfigurationError(
+                    'The broker refused a declaration for {}: {}'.format(
+                        self.description, exc)))
+                return
+            except CONNECTION_ERRORS + (pika.exceptions.AMQPError,) as exc:
+                if self._stopping.is_set():
+                    break
+                _log.warning(
+                    'Lost connection to broker at %s (%s); reconnecting',
+                    self.connector.safe_uri, exc or type(exc).__name__)
+            finally:
+                self.connection = None
+                _close_quietly(connection)
+
+    def _consume(self, connection):
+        channel = connection.channel()
+        self.on_connect(connection, channel)
+        # from now on other threads may send callbacks to this connection
+        self.connection = connection
+        self._ready.succeed()
+        while not self._stopping.is_set():
+            connection.process_data_events(time_limit=POLL_INTERVAL)
+
+    def wait_ready(self):
+        """Block until the first connection consumes (or the loop was
+        stopped first); raise ConfigurationError if declaring failed, or
+        the connection error if ``give_up_first_connect`` gave up."""
+        self._ready.wait()
+
+    def call_soon(self, callback):
+        """Run ``callback`` on the loop's thread; returns False if there is
+        no live connection (the callback is then dropped)."""
+        connection = self.connection
+        if connection is None:
+            return False
+        try:
+            connection.add_callback_threadsafe(callback)
+        except CONNECTION_ERRORS:
+            return False
+        return True
+
+    def stop(self):
+        """Ask the loop to close its connection and return (from any
+        thread); the owner joins the thread."""
+        self._stopping.set()
+        self._ready.abort()
+        self.call_soon(lambda: None)  # wake it now
+
+
+class QueueConsumer(ProviderCollector, SharedExtension):
+    """Consumes the queues of a container's AMQP providers.
+
+    A provider registers in its ``setup()`` and unregisters in its
+    ``stop()``/``kill()``. It needs:
+
+    - ``queue``: a :class:`~threadko.amqp.entities.Queue` to declare and
+      consume;
+    - ``handle_message(body, message)``: called with the decoded body and
+      the :class:`Message`; it must ack, requeue or discard the message
+      eventually;
+    - optionally ``handle_undecodable(message, exc)``: called instead when
+      the body cannot be decoded or its content type is not accepted
+      (default: log an error and discard the message);
+    - optionally ``consume_on_consumer_thread = True``: run
+      ``handle_message`` on the consumer thread itself; only for handlers
+      that never block (the RPC reply listener).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.consumer_thread = None
+        self._dispatcher_thread = None
+        self._loop = None
+        self._channel = None
+        self._live_connection = None
+        self._consumer_tags = {}
+
+    def setup(self):
+        config = self.container.config
+        heartbeat = config.get(HEARTBEAT_CONFIG_KEY, DEFAULT_HEARTBEAT)
+        self.connector = Connector(config, heartbeat=heartbeat)
+        self.prefetch_count = self.container.max_workers
+        self.accept = serialization.accepted_content_types(
+            self.container.accept)
+
+    def start(self):
+        if self.consumer_thread is not None:
+            return
+        self._loop = ConsumerLoop(
+            self.connector, self._on_connect,
+            'service {}'.format(self.container.service_name))
+        self._dispatch_queue = queue.SimpleQueue()
+        self._dispatcher_thread = self.container.spawn_managed_thread(
+            self._run_dispatcher, identifier='amqp-dispatcher')
+        self.consumer_thread = self.container.spawn_managed_thread(
+            self._loop.run, identifier='amqp-consumer')
+        self._loop.wait_ready()
+
+    def stop(self):
+        """Wait until every provider has unregistered (their workers are
+        done by then), then close the connection and end both threads."""
+        self.wait_for_providers()
+        self._shutdown(join_timeout=self.container.thread_join_timeout)
+
+    def kill(self):
+        """Close the connection now: unacked messages go back to the
+        broker."""
+        self._shutdown(join_timeout=1.0)
+
+    def _shutdown(self, join_timeout):
+        if self._loop is not None:
+            self._loop.stop()
+        dispatcher = self._dispatcher_thread
+        if dispatcher is not None:
+            self._dispatch_queue.put(_STOP)
+        for thread in (self.consumer_thread, dispatcher):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(join_timeout)
+        self.consumer_thread = self._dispatcher_thread = None
+
+    # -- providers ---------------------------------------------------------
+
+    def register_provider(self, provider):
+        super().register_provider(provider)
+        if self._loop is not None:
+            # already consuming: the consumer thread, the only one allowed
+            # to touch the channel, starts on it (or the next reconnect does)
+            self._loop.call_soon(partial(self._consume_for, provider))
+
+    def unregister_provider(self, provider):
+        """Stop consuming for ``provider``; deliveries for it that are not
+        yet in a worker are requeued."""
+        if (self._loop is not None
+                and threading.current_thread() is not self.consumer_thread):
+            done = threading.Event()
+            if self._loop.call_soon(partial(self._cancel_for, provider, done)):
+                # bounded: a lost connection cancels everything anyway
+                done.wait(POLL_INTERVAL * 5)
+        super().unregister_provider(provider)
+
+    def _is_registered(self, provider):
+        with self._providers_lock:
+            return provider in self._providers
+
+    # -- consumer thread ---------------------------------------------------
+
+    def _on_connect(self, connection, channel):
+        self._live_connection = connection
+        self._channel = channel
+        self._consumer_tags = {}
+        with self._providers_lock:
+            providers = list(self._providers)
+        for provider in providers:
+            self._consume_for(provider)
+        _log.debug('%s consuming %s', self,
+                   [provider.queue.name for provider in providers])
+
+    def _consume_for(self, provider):
+        channel = self._channel
+        if provider in self._consumer_tags or not channel.is_open:
+            return
+        provider.queue.declare(channel)
+        channel.basic_qos(prefetch_count=self.prefetch_count)
+        self._consumer_tags[provider] = channel.basic_consume(
+            queue=provider.queue.name,
+            on_message_callback=partial(self._on_message, provider))
+
+    def _cancel_for(self, provider, done):
+        try:
+            tag = self._consumer_tags.pop(provider, None)
+            if tag is not None and self._channel.is_open:
+                self._channel.basic_cancel(tag)
+        finally:
+            done.set()
+
+    def _on_message(self, provider, channel, method, properties, body):
+        message = Message(self.consumer_thread, self._live_connection,
+                          channel, method, properties, body)
+        if not self._is_registered(provider):
+            message.requeue()
+        elif getattr(provider, 'consume_on_consumer_thread', False):
+            self._deliver(provider, message)
+        else:
+            self._dispatch_queue.put((provider, message))
+
+    # -- dispatcher thread -------------------------------------------------
+
+    def _run_dispatcher(self):
+        while True:
+            item = self._dispatch_queue.get()
+            if item is _STOP:
+                return
+            provider, message = item
+            if not self._is_registered(provider):
+                message.requeue()
+                continue
+            self._deliver(provider, message)
+
+    def _deliver(self, provider, message):
+        try:
+            body = message.decode(self.accept)
+        except (serialization.ContentDisallowed,
+                serialization.DecodeError) as exc:
+            handler = getattr(provider, 'handle_undecodable', None)
+            if handler is not None:
+                handler(message, exc)
+            else:
+                _log.error('Discarding %s for %s: %s',
+                           message, provider, exc)
+                message.discard()
+            return
+        try:
+            provider.handle_message(body, message)
+        except Exception:
+            # a bug in the provider, not bad input: keep consuming, but do
+            # not redeliver a message that breaks the provider
+            _log.exception('Discarding %s: %s failed to handle it',
+                           message, provider)
+            message.discard()
+
+
+class _Ready:
+    """The consumer thread's first-connection outcome, waited on by
+    ``start()``."""
+
+    def __init__(self):
+        self._event = threading.Event()
+        self._error = None
+
+    def done(self):
+        return self._event.is_set()
+
+    def succeed(self):
+        self._event.set()
+
+    def fail(self, error):
+        self._error = error
+        self._event.set()
+
+    abort = succeed  # stopping before the first connection
+
+    def wait(self):
+        self._event.wait()
+        if self._error is not None:
+            raise self._error
+
+
+def _forever(policy):
+    """The consumer's reconnection back-off: the policy's intervals, then
+    its maximum interval forever."""
+    yield from policy._replace(max_retries=None).intervals()
+
+
+def _close_quietly(connection):
+    try:
+        if connection.is_open:
+            connection.close()
+    except Exception:
+        _log.debug('error closing consumer connection', exc_info=True)

@@ -1,0 +1,124 @@
+"""Declarations of exchanges, queues and bindings (threadko's small stand-in
+for kombu's ``Exchange``/``Queue``), with the same defaults Nameko's kombu
+entities have, so both declare identical entities on a shared broker."""
+
+
+class Exchange:
+    """An exchange to declare.
+
+    :param name: exchange name; ``""`` is the default exchange, which is
+        never declared
+    :param type: ``direct`` (default), ``topic``, ``fanout`` or ``headers``
+    """
+
+    def __init__(self, name='', type='direct', durable=True,
+                 auto_delete=False, internal=False, arguments=None):
+        self.name = name
+        self.type = type
+        self.durable = durable
+        self.auto_delete = auto_delete
+        self.internal = internal
+        self.arguments = arguments
+
+    def declare(self, channel):
+        if not self.name:
+            return
+        channel.exchange_declare(
+            exchange=self.name, exchange_type=self.type,
+            durable=self.durable, auto_delete=self.auto_delete,
+            internal=self.internal, arguments=self.arguments)
+
+    def _key(self):
+        return (self.name, self.type, self.durable, self.auto_delete,
+                self.internal, _frozen(self.arguments))
+
+    def __eq__(self, other):
+        return isinstance(other, Exchange) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __repr__(self):
+        return 'Exchange({!r}, type={!r})'.format(self.name, self.type)
+
+
+class Binding:
+    """An extra binding of a queue to ``exchange`` with ``routing_key`` (and
+    ``arguments``, for headers exchanges)."""
+
+    def __init__(self, exchange, routing_key='', arguments=None):
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.arguments = arguments
+
+    def declare(self, channel, queue_name):
+        self.exchange.declare(channel)
+        channel.queue_bind(
+            queue=queue_name, exchange=self.exchange.name,
+            routing_key=self.routing_key, arguments=self.arguments)
+
+    def __repr__(self):
+        return 'Binding({!r}, {!r})'.format(self.exchange, self.routing_key)
+
+
+# kombu's name for the same thing
+binding = Binding
+
+
+class Queue:
+    """A queue to declare, with its exchange and bindings.
+
+    Declaring it declares the exchange, the queue, and a binding of the
+    queue to the exchange with ``routing_key``, then every extra binding.
+
+    :param name: queue name
+    :param exchange: an :class:`Exchange`, or ``None`` for the default one
+    :param routing_key: binding key to ``exchange``
+    :param durable: survives a broker restart (default ``True``)
+    :param exclusive: only the declaring connection may use it; implies
+        ``auto_delete``
+    :param auto_delete: deleted when its last consumer goes away
+    :param queue_arguments: ``x-`` arguments, e.g. ``{"x-expires": 300000}``
+    :param binding_arguments: arguments of the main binding
+    :param bindings: extra :class:`Binding` objects
+    """
+
+    def __init__(self, name='', exchange=None, routing_key='', durable=True,
+                 exclusive=False, auto_delete=False, queue_arguments=None,
+                 binding_arguments=None, bindings=()):
+        self.name = name
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.durable = durable
+        self.exclusive = exclusive
+        self.auto_delete = auto_delete or exclusive
+        self.queue_arguments = queue_arguments
+        self.binding_arguments = binding_arguments
+        self.bindings = list(bindings)
+
+    def declare(self, channel):
+        """Declare the exchange, queue and bindings on ``channel``."""
+        if self.exchange is not None:
+            self.exchange.declare(channel)
+        channel.queue_declare(
+            queue=self.name, durable=self.durable, exclusive=self.exclusive,
+            auto_delete=self.auto_delete, arguments=self.queue_arguments)
+        if self.exchange is not None and self.exchange.name:
+            channel.queue_bind(
+                queue=self.name, exchange=self.exchange.name,
+                routing_key=self.routing_key,
+                arguments=self.binding_arguments)
+        for extra in self.bindings:
+            extra.declare(channel, self.name)
+
+    def __repr__(self):
+        return 'Queue({!r}, exchange={!r}, routing_key={!r})'.format(
+            self.name, self.exchange, self.routing_key)
+
+
+def _frozen(value):
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value

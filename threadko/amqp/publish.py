@@ -1,0 +1,281 @@
+"""Thread-safe publishing with publisher confirms.
+
+A :class:`ProducerPool` lends each publishing thread a connection of its own
+(pika connections belong to one thread at a time) and takes it back
+afterwards, so concurrent publishers never share a channel and idle ones
+reuse connections. :class:`Publisher` adds Nameko's message defaults on top:
+persistent delivery, priority 0, confirms, mandatory detection, retries.
+"""
+
+import bz2
+import logging
+import threading
+import time
+import zlib
+
+import pika
+import pika.exceptions
+
+from threadko.amqp.connection import (
+    CONNECTION_ERRORS, Connector, RetryPolicy,
+)
+from threadko.constants import (
+    DEFAULT_RETRY_POLICY, DEFAULT_SERIALIZER, PERSISTENT,
+)
+from threadko.exceptions import UndeliverableMessage
+from threadko.extensions import SharedExtension
+from threadko import serialization
+
+_log = logging.getLogger(__name__)
+
+#: compression name -> (mime type sent in the ``compression`` header,
+#: compress, decompress); the names and types kombu uses
+COMPRESSIONS = {
+    'zlib': ('application/x-gzip', zlib.compress, zlib.decompress),
+    'gzip': ('application/x-gzip', zlib.compress, zlib.decompress),
+    'bzip2': ('application/x-bz2', bz2.compress, bz2.decompress),
+}
+DECOMPRESSORS = {mime: decompress
+                 for mime, _, decompress in COMPRESSIONS.values()}
+
+# BasicProperties a caller may set through publish options
+_PROPERTY_NAMES = frozenset([
+    'content_type', 'content_encoding', 'delivery_mode', 'priority',
+    'correlation_id', 'reply_to', 'expiration', 'message_id', 'timestamp',
+    'type', 'user_id', 'app_id', 'cluster_id',
+])
+
+
+class _Producer:
+    """One connection and channel, used by one thread at a time."""
+
+    def __init__(self, connection, use_confirms):
+        self.connection = connection
+        self.channel = connection.channel()
+        if use_confirms:
+            self.channel.confirm_delivery()
+        self.declared = set()
+
+    def publish(self, exchange, routing_key, body, properties, mandatory,
+                declare):
+        for entity in declare:
+            if entity not in self.declared:
+                entity.declare(self.channel)
+                self.declared.add(entity)
+        self.channel.basic_publish(
+            exchange=exchange, routing_key=routing_key, body=body,
+            properties=properties, mandatory=mandatory)
+
+    def close(self):
+        try:
+            if self.connection.is_open:
+                self.connection.close()
+        except Exception:
+            _log.debug('error closing publisher connection', exc_info=True)
+
+
+class ProducerPool:
+    """Lends connections to publishing threads.
+
+    Connections are created on demand (so the pool grows to the number of
+    threads publishing at the same moment) and kept for reuse. They have no
+    heartbeat while idle, like Nameko's publisher connections; a connection
+    the broker dropped is noticed on its next use and replaced.
+
+    :param connector: a :class:`~threadko.amqp.connection.Connector`
+    """
+
+    def __init__(self, connector):
+        self.connector = connector
+        self._idle = {True: [], False: []}
+        self._lock = threading.Lock()
+        self._generation = 0
+
+    def _checkout(self, use_confirms):
+        """Return ``(producer, reused, generation)``."""
+        with self._lock:
+            idle = self._idle[use_confirms]
+            if idle:
+                return idle.pop(), True, self._generation
+            generation = self._generation
+        producer = _Producer(self.connector.connect(), use_confirms)
+        return producer, False, generation
+
+    def _checkin(self, producer, use_confirms, generation):
+        with self._lock:
+            if generation == self._generation:
+                self._idle[use_confirms].append(producer)
+                return
+        producer.close()  # the pool was closed meanwhile
+
+    def publish(self, body, exchange, routing_key, properties=None,
+                mandatory=False, declare=(), use_confirms=True, retry=True,
+                retry_policy=None):
+        """Publish one message; with confirms, return once the broker has
+        taken it.
+
+        :raises UndeliverableMessage: ``mandatory`` and no queue is bound
+            (needs ``use_confirms``)
+        :raises pika.exceptions.ChannelClosedByBroker: e.g. the exchange
+            does not exist (404)
+        :raises: the last connection error once ``retry_policy`` is spent
+        """
+        policy = RetryPolicy.from_options(
+            retry_policy if retry_policy is not None
+            else DEFAULT_RETRY_POLICY)
+        intervals = policy.intervals() if retry else iter(())
+        while True:
+            producer = None
+            reused = False
+            try:
+                producer, reused, generation = self._checkout(use_confirms)
+                producer.publish(exchange, routing_key, body, properties,
+                                 mandatory, declare)
+            except pika.exceptions.UnroutableError:
+                self._checkin(producer, use_confirms, generation)
+                raise UndeliverableMessage(
+                    'No queue is bound to exchange {!r} for routing key '
+                    '{!r}'.format(exchange, routing_key))
+            except pika.exceptions.ChannelClosedByBroker:
+                producer.close()
+                raise
+            except (pika.exceptions.NackError,) + CONNECTION_ERRORS as exc:
+                if producer is not None:
+                    producer.close()
+                if reused:
+                    # an idle connection the broker dropped meanwhile: try
+                    # the next one (or a new one) straight away
+                    _log.debug('idle publisher connection was lost (%r)', exc)
+                    continue
+                wait = next(intervals, None)
+                if wait is None:
+                    raise
+                _log.warning(
+                    'Error publishing to broker at %s (%r); retrying in '
+                    '%s seconds', self.connector.safe_uri, exc, wait)
+                time.sleep(wait)  # back-off between attempts
+            else:
+                self._checkin(producer, use_confirms, generation)
+                return
+
+    def close(self):
+        """Close the idle connections; connections lent out now are closed
+        when they come back. The pool stays usable (it reconnects)."""
+        with self._lock:
+            self._generation += 1
+            idle = self._idle[True] + self._idle[False]
+            self._idle = {True: [], False: []}
+        for producer in idle:
+            producer.close()
+
+
+class Publisher:
+    """Publishes payloads with Nameko's defaults, overridable per instance
+    and per call.
+
+    Options (instance or call): ``exchange`` (name or
+    :class:`~threadko.amqp.entities.Exchange`), ``routing_key``,
+    ``serializer``, ``compression``, ``delivery_mode`` (default persistent),
+    ``priority`` (0), ``expiration`` (seconds), ``mandatory`` (False),
+    ``use_confirms`` (True), ``retry`` (True), ``retry_policy``
+    (``{"max_retries": 3}``), ``declare`` (entities declared first, once per
+    connection), ``headers``, and any AMQP property (``correlation_id``,
+    ``reply_to``, ``message_id``, ``type``, ...).
+
+    :param pool: the :class:`ProducerPool` to publish through
+    """
+
+    defaults = {
+        'delivery_mode': PERSISTENT,
+        'priority': 0,
+        'mandatory': False,
+        'use_confirms': True,
+        'retry': True,
+        'serializer': DEFAULT_SERIALIZER,
+    }
+
+    def __init__(self, pool, **options):
+        self.pool = pool
+        self.options = dict(self.defaults)
+        self.options.update(options)
+
+    def publish(self, payload, extra_headers=None, **kwargs):
+        """Encode and publish ``payload``.
+
+        Headers merge as in Nameko: instance ``headers`` < call
+        ``headers`` < ``extra_headers`` (the worker's context).
+
+        :raises serialization.EncodeError: the payload cannot be encoded;
+            nothing was published
+        """
+        options = dict(self.options)
+        headers = dict(options.pop('headers', None) or {})
+        headers.update(kwargs.pop('headers', None) or {})
+        headers.update(extra_headers or {})
+        declare = list(options.pop('declare', None) or [])
+        declare.extend(kwargs.pop('declare', None) or [])
+        options.update(kwargs)
+
+        exchange = options.pop('exchange', None)
+        if exchange is None:
+            exchange = ''
+        elif not isinstance(exchange, str):
+            declare.append(exchange)
+            exchange = exchange.name
+
+        body, content_type, content_encoding = serialization.encode(
+            payload, options.pop('serializer'))
+        compression = options.pop('compression', None)
+        if compression:
+            mime, compress, _ = COMPRESSIONS[compression]
+            body = compress(body)
+            headers['compression'] = mime
+
+        properties = {'content_type': content_type,
+                      'content_encoding': content_encoding}
+        expiration = options.pop('expiration', None)
+        if expiration is not None:
+            # seconds in the API, a millisecond string on the wire
+            properties['expiration'] = str(int(float(expiration) * 1000))
+        for name in list(options):
+            if name in _PROPERTY_NAMES:
+                properties[name] = options.pop(name)
+
+        self.pool.publish(
+            body,
+            exchange=exchange,
+            routing_key=options.pop('routing_key', ''),
+            properties=pika.BasicProperties(headers=headers, **properties),
+            mandatory=options.pop('mandatory'),
+            declare=declare,
+            use_confirms=options.pop('use_confirms'),
+            retry=options.pop('retry'),
+            retry_policy=options.pop('retry_policy', None),
+        )
+
+
+class SharedProducerPool(SharedExtension):
+    """The container's :class:`ProducerPool`, shared by every extension that
+    publishes (RPC replies and requests, events, publishers). Its
+    connections close when the container stops or is killed."""
+
+    def __init__(self):
+        super().__init__()
+        self._pool = None
+        self._lock = threading.Lock()
+
+    @property
+    def pool(self):
+        # created on first use: the extensions using it set up concurrently
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProducerPool(Connector(
+                    self.container.config, heartbeat=0,
+                    transport_options=False))
+            return self._pool
+
+    def stop(self):
+        self.pool.close()
+
+    def kill(self):
+        self.pool.close()

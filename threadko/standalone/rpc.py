@@ -1,0 +1,242 @@
+"""RPC clients for code outside a service (scripts, WSGI apps, tests).
+
+Unlike Nameko's, these clients are thread-safe: a started client owns one
+background thread that consumes its reply queue, and any number of caller
+threads may make calls through it at once; each waits for its own reply,
+matched by correlation id. ``timeout`` bounds each call's total wait.
+
+Nameko 2 names take the config first (``ClusterRpcProxy(config)``);
+Nameko 3 names (``ClusterRpcClient()``) read the global
+:data:`threadko.config`. Both accept ``config=`` as a keyword.
+"""
+
+import logging
+import threading
+import uuid
+from collections import deque
+
+import pika.exceptions
+
+from threadko.amqp.connection import Connector
+from threadko.amqp.consumer import ConsumerLoop
+from threadko.amqp.publish import Publisher, ProducerPool
+from threadko.configuration import config as global_config
+from threadko.constants import (
+    AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY, CALL_ID_STACK_CONTEXT_KEY,
+    DEFAULT_HEARTBEAT, DEFAULT_PARENT_CALLS_TRACKED, HEARTBEAT_CONFIG_KEY,
+    LOGIN_METHOD_CONFIG_KEY, PARENT_CALLS_CONFIG_KEY,
+)
+from threadko.exceptions import (
+    ReplyQueueExpiredWithPendingReplies, RpcClientStopped,
+)
+from threadko.rpc import (
+    RESTRICTED_PUBLISHER_OPTIONS, ClusterProxy, ReplyRegistry, RpcClient,
+    ServiceProxy, get_rpc_exchange, reply_queue,
+)
+from threadko import serialization
+
+_log = logging.getLogger(__name__)
+
+STANDALONE_SERVICE_NAME = 'standalone_rpc_proxy'
+# Nameko 3 keyword options that select another broker
+_CONNECTION_OPTIONS = {
+    'uri': AMQP_URI_CONFIG_KEY,
+    'ssl': AMQP_SSL_CONFIG_KEY,
+    'login_method': LOGIN_METHOD_CONFIG_KEY,
+}
+
+
+class _ClientBase:
+    """Shared by the cluster and single-service clients."""
+
+    def __init__(self, config=None, context_data=None, timeout=None,
+                 **options):
+        config = global_config if config is None else config
+        options.pop('reply_listener_cls', None)  # Nameko 2; not needed
+        overrides = {key: options.pop(option)
+                     for option, key in _CONNECTION_OPTIONS.items()
+                     if option in options}
+        self.config = dict(config, **overrides)
+        self.context_data = dict(context_data or {})
+        self.timeout = timeout
+        self.publisher_options = {
+            key: value for key, value in options.items()
+            if key not in RESTRICTED_PUBLISHER_OPTIONS}
+        self._lock = threading.Lock()
+        self._thread = None
+        self._client = None
+
+    def start(self):
+        """Connect, declare the reply queue and start its consumer thread;
+        return the proxy object. Raises the connection error if the broker
+        cannot be reached (after the ``TRANSPORT_OPTIONS`` retries)."""
+        with self._lock:
+            if self._thread is None:
+                self._start()
+            return self._make_proxy()
+
+    def _start(self):
+        config = self.config
+        serializer, accept = serialization.setup(config)
+        self._accept = serialization.accepted_content_types(accept)
+        self._registry = ReplyRegistry()
+        exchange = get_rpc_exchange(config)
+        reply_key = str(uuid.uuid4())
+        self._queue = reply_queue(
+            exchange, STANDALONE_SERVICE_NAME, reply_key)
+        self._connected_before = False
+        self._loop = ConsumerLoop(
+            Connector(config, heartbeat=config.get(
+                HEARTBEAT_CONFIG_KEY, DEFAULT_HEARTBEAT)),
+            self._on_connect, 'RPC client', give_up_first_connect=True)
+        self._pool = ProducerPool(
+            Connector(config, heartbeat=0, transport_options=False))
+
+        options = dict(self.publisher_options)
+        options.setdefault('serializer', serializer)
+        self._client = RpcClient(
+            Publisher(self._pool, **options), exchange.name,
+            self._registry, reply_key, timeout=self.timeout)
+
+        # one call id per client, as Nameko 2 standalone proxies have
+        self._call_id = '{}.call.{}'.format(
+            STANDALONE_SERVICE_NAME, uuid.uuid4())
+        self._thread = threading.Thread(
+            target=self._loop.run, daemon=True,
+            name='threadko-rpc-client-{}'.format(reply_key[:8]))
+        self._thread.start()
+        try:
+            self._loop.wait_ready()
+        except BaseException:
+            self._stop()
+            raise
+
+    def stop(self):
+        """Stop the consumer thread and close the connections. Calls still
+        waiting raise :class:`~threadko.exceptions.RpcClientStopped`; the
+        client can be started again (with a new reply queue)."""
+        with self._lock:
+            self._stop()
+
+    def _stop(self):
+        if self._thread is None:
+            return
+        self._client.closed_error = RpcClientStopped(
+            'This RPC client has been stopped, and can no longer be used; '
+            'start it again or make a new one')
+        self._loop.stop()
+        self._thread.join()
+        self._thread = None
+        self._pool.close()
+        self._registry.fail_all(self._client.closed_error)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        self.stop()
+
+    def _context_data(self):
+        data = dict(self.context_data)
+        parents = list(data.pop(CALL_ID_STACK_CONTEXT_KEY, None) or [])
+        tracked = self.config.get(
+            PARENT_CALLS_CONFIG_KEY, DEFAULT_PARENT_CALLS_TRACKED)
+        stack = deque(parents, maxlen=tracked + 1)
+        stack.append(self._call_id)
+        data[CALL_ID_STACK_CONTEXT_KEY] = list(stack)
+        return data
+
+    # -- reply consumer thread --------------------------------------------
+
+    def _on_connect(self, connection, channel):
+        if self._connected_before and len(self._registry):
+            channel = self._check_reply_queue(connection, channel)
+        self._connected_before = True
+        self._queue.declare(channel)
+        channel.basic_consume(
+            queue=self._queue.name, on_message_callback=self._on_reply,
+            auto_ack=True)
+
+    def _check_reply_queue(self, connection, channel):
+        # replies published while the queue was gone are lost: fail the
+        # calls waiting for them instead of letting them hang
+        try:
+            channel.queue_declare(queue=self._queue.name, passive=True)
+            return channel
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404:
+                raise
+        self._registry.fail_all(ReplyQueueExpiredWithPendingReplies(
+            'The reply queue {} disappeared while calls were waiting for '
+            'their replies; they are lost'.format(self._queue.name)))
+        return connection.channel()
+
+    def _on_reply(self, channel, method, properties, body):
+        try:
+            body = serialization.decode(
+                body, properties.content_type, properties.content_encoding,
+                self._accept)
+        except (serialization.ContentDisallowed,
+                serialization.DecodeError) as exc:
+            _log.error('Discarding undecodable RPC reply: %s', exc)
+            return
+        if not self._registry.resolve(properties.correlation_id, body):
+            _log.debug('Reply for unknown correlation id %s',
+                       properties.correlation_id)
+
+
+class ClusterRpcProxy(_ClientBase):
+    """A client for every service of the cluster.
+
+    ``with ClusterRpcProxy(config) as rpc: rpc.greeter.hello("Matt")``, or
+    ``rpc["greeter"].hello.call_async("Matt").result()``. Or
+    ``client = ClusterRpcProxy(config); rpc = client.start(); ...;
+    client.stop()``.
+
+    :param config: config dict (``AMQP_URI`` etc.); default: the global
+        :data:`threadko.config`
+    :param context_data: context data sent with every call
+    :param timeout: seconds a call may wait for its reply before raising
+        :class:`~threadko.exceptions.RpcTimeout`; ``None`` waits forever
+    :param options: publish options for the requests (``priority``,
+        ``expiration``, ``headers``, ...), and Nameko 3's ``uri``, ``ssl``,
+        ``login_method`` to select a broker
+    """
+
+    def _make_proxy(self):
+        return ClusterProxy(self._client, self._context_data)
+
+
+class ClusterRpcClient(ClusterRpcProxy):
+    """Nameko 3's name and signature: ``ClusterRpcClient(context_data=None,
+    timeout=None, **options)``, reading the global config unless
+    ``config=`` is given."""
+
+    def __init__(self, context_data=None, timeout=None, config=None,
+                 **options):
+        super().__init__(config, context_data, timeout, **options)
+
+
+class ServiceRpcProxy(_ClientBase):
+    """A client for one service: ``with ServiceRpcProxy("greeter", config)
+    as greeter: greeter.hello("Matt")``. Parameters as
+    :class:`ClusterRpcProxy`."""
+
+    def __init__(self, service_name, config=None, context_data=None,
+                 timeout=None, **options):
+        self.service_name = service_name
+        super().__init__(config, context_data, timeout, **options)
+
+    def _make_proxy(self):
+        return ServiceProxy(
+            self._client, self.service_name, self._context_data)
+
+
+class ServiceRpcClient(ServiceRpcProxy):
+    """Nameko 3's name and signature: ``ServiceRpcClient(service_name,
+    context_data=None, timeout=None, **options)``."""
+
+    def __init__(self, service_name, context_data=None, timeout=None,
+                 config=None, **options):
+        super().__init__(service_name, config, context_data, timeout,
+                         **options)
