@@ -1,7 +1,9 @@
 """Small building blocks shared by the core tests: an entrypoint that fires on
 demand, and a recorder that notes which lifecycle hooks ran, in order."""
 
+import subprocess
 import threading
+import time
 
 from threadko.extensions import DependencyProvider, Entrypoint
 
@@ -114,3 +116,78 @@ class RecordingProvider(DependencyProvider):
 
     def worker_teardown(self, worker_ctx):
         self.record('worker_teardown', threading.get_ident())
+
+
+class ChildProcess:
+    """A child process whose output lines (stderr, or stdout with
+    ``stream='stdout'``) are collected by a reader thread, so the test can
+    wait for a line with a deadline."""
+
+    def __init__(self, argv, cwd, env, stream='stderr', timeout=WAIT):
+        self.timeout = timeout
+        pipes = {'stdout': subprocess.DEVNULL, 'stderr': subprocess.DEVNULL}
+        pipes[stream] = subprocess.PIPE
+        self.proc = subprocess.Popen(
+            argv, cwd=cwd, env=env, text=True, **pipes)
+        self.stream = getattr(self.proc, stream)
+        self.lines = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(
+            target=self._read, name='test-child-output-reader', daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.stream:
+            with self._cond:
+                self.lines.append(line.rstrip('\n'))
+                self._cond.notify_all()
+        with self._cond:
+            self.lines.append(None)  # EOF
+            self._cond.notify_all()
+
+    @property
+    def output(self):
+        with self._cond:
+            return '\n'.join(line for line in self.lines if line is not None)
+
+    def wait_for_line(self, text, timeout=None):
+        """Return the first output line containing ``text``; fail if the
+        child does not print one within ``timeout`` seconds."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+
+        def find():
+            for line in self.lines:
+                if line is None:
+                    return None  # EOF: stop waiting
+                if text in line:
+                    return line
+            return False
+
+        with self._cond:
+            while True:
+                found = find()
+                if found:
+                    return found
+                remaining = deadline - time.monotonic()
+                if found is None or remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+        raise AssertionError('child never printed {!r}; output:\n{}'.format(
+            text, self.output))
+
+    def send_signal(self, signum):
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout=None):
+        """Wait for the child to exit and for its output to be read;
+        return the exit status."""
+        status = self.proc.wait(timeout or self.timeout)
+        self._reader.join(timeout or self.timeout)
+        return status
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(self.timeout)
+        self._reader.join(self.timeout)
+        self.stream.close()

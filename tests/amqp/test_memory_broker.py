@@ -797,10 +797,10 @@ def test_add_callback_threadsafe_wakes_a_blocked_process_data_events(
 
 def test_vhosts_are_independent(connect):
     here = connect().channel()
-    elsewhere = memory.connect('test-memory-broker-' + uuid.uuid4().hex)
+    other_vhost = 'test-memory-broker-' + uuid.uuid4().hex
     try:
         here.queue_declare('q')
-        there = elsewhere.channel()
+        there = memory.connect(other_vhost).channel()
         there.confirm_delivery()
 
         with pytest.raises(UnroutableError):
@@ -808,7 +808,7 @@ def test_vhosts_are_independent(connect):
         with pytest.raises(ChannelClosedByBroker):
             there.queue_declare('q', passive=True)
     finally:
-        memory.delete_vhost(elsewhere._broker.vhost)
+        memory.delete_vhost(other_vhost)
 
 
 def test_many_threads_publish_concurrently(connect, connection, channel):

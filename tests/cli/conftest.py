@@ -5,10 +5,10 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 
 import pytest
+
+from support import ChildProcess
 
 WAIT = 10  # seconds: the longest a test waits for the child to do something
 
@@ -127,77 +127,6 @@ def threadko(workdir):
     return run_cli
 
 
-class CliProcess:
-    """A running ``threadko`` child whose stderr lines are collected by a
-    reader thread, so the test can wait for a line with a deadline."""
-
-    def __init__(self, args, cwd, env):
-        self.proc = subprocess.Popen(
-            [sys.executable, '-m', 'threadko', *args], cwd=cwd, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.lines = []
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(
-            target=self._read, name='test-cli-stderr-reader', daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.proc.stderr:
-            with self._cond:
-                self.lines.append(line.rstrip('\n'))
-                self._cond.notify_all()
-        with self._cond:
-            self.lines.append(None)  # EOF
-            self._cond.notify_all()
-
-    @property
-    def output(self):
-        with self._cond:
-            return '\n'.join(line for line in self.lines if line is not None)
-
-    def wait_for_line(self, text, timeout=WAIT):
-        """Return the first stderr line containing ``text``; fail if the
-        child does not print one within ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-
-        def find():
-            for line in self.lines:
-                if line is None:
-                    return None  # EOF: stop waiting
-                if text in line:
-                    return line
-            return False
-
-        with self._cond:
-            while True:
-                found = find()
-                if found:
-                    return found
-                remaining = deadline - time.monotonic()
-                if found is None or remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-        raise AssertionError('threadko never printed {!r}; stderr:\n{}'.format(
-            text, self.output))
-
-    def send_signal(self, signum):
-        self.proc.send_signal(signum)
-
-    def wait(self, timeout=WAIT):
-        """Wait for the child to exit and for its stderr to be read;
-        return the exit status."""
-        status = self.proc.wait(timeout)
-        self._reader.join(timeout)
-        return status
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(WAIT)
-        self._reader.join(WAIT)
-        self.proc.stderr.close()
-
-
 @pytest.fixture
 def start_threadko(workdir):
     """``start_threadko(*args, env=None)``: start ``threadko <args>`` in the
@@ -205,7 +134,9 @@ def start_threadko(workdir):
     processes = []
 
     def start(*args, env=None):
-        process = CliProcess(args, str(workdir), child_env(**(env or {})))
+        process = ChildProcess(
+            [sys.executable, '-m', 'threadko', *args], str(workdir),
+            child_env(**(env or {})), timeout=WAIT)
         processes.append(process)
         return process
 

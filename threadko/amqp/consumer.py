@@ -166,8 +166,20 @@ class ConsumerLoop:
         self.connection = None  # for other threads' call_soon
         self._stopping = threading.Event()
         self._ready = _Ready()
+        self._waiters = set()
+        self._waiters_lock = threading.Lock()
 
     def run(self):
+        try:
+            self._run()
+        finally:
+            # nobody waits for a callback that will never run now
+            with self._waiters_lock:
+                waiters, self._waiters = self._waiters, set()
+            for done in waiters:
+                done.set()
+
+    def _run(self):
         retry_intervals = None
         while not self._stopping.is_set():
             try:
@@ -237,6 +249,24 @@ class ConsumerLoop:
         except CONNECTION_ERRORS:
             return False
         return True
+
+    def call_and_wait(self, callback, timeout):
+        """Run ``callback`` on the loop's thread and wait until it ran, the
+        loop ended, or ``timeout`` passed."""
+        done = threading.Event()
+        with self._waiters_lock:
+            self._waiters.add(done)
+
+        def run_callback():
+            try:
+                callback()
+            finally:
+                done.set()
+
+        if self.call_soon(run_callback):
+            done.wait(timeout)
+        with self._waiters_lock:
+            self._waiters.discard(done)
 
     def stop(self):
         """Ask the loop to close its connection and return (from any
@@ -331,10 +361,9 @@ class QueueConsumer(ProviderCollector, SharedExtension):
         yet in a worker are requeued."""
         if (self._loop is not None
                 and threading.current_thread() is not self.consumer_thread):
-            done = threading.Event()
-            if self._loop.call_soon(partial(self._cancel_for, provider, done)):
-                # bounded: a lost connection cancels everything anyway
-                done.wait(POLL_INTERVAL * 5)
+            # bounded: a lost connection cancels everything anyway
+            self._loop.call_and_wait(
+                partial(self._cancel_for, provider), POLL_INTERVAL * 5)
         super().unregister_provider(provider)
 
     def _is_registered(self, provider):
@@ -364,13 +393,10 @@ class QueueConsumer(ProviderCollector, SharedExtension):
             queue=provider.queue.name,
             on_message_callback=partial(self._on_message, provider))
 
-    def _cancel_for(self, provider, done):
-        try:
-            tag = self._consumer_tags.pop(provider, None)
-            if tag is not None and self._channel.is_open:
-                self._channel.basic_cancel(tag)
-        finally:
-            done.set()
+    def _cancel_for(self, provider):
+        tag = self._consumer_tags.pop(provider, None)
+        if tag is not None and self._channel.is_open:
+            self._channel.basic_cancel(tag)
 
     def _on_message(self, provider, channel, method, properties, body):
         message = Message(self.consumer_thread, self._live_connection,

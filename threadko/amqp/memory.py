@@ -957,10 +957,12 @@ class MemoryConnection:
         """
         self._raise_if_closed()
         nested = self._dispatch_depth > 0
+
+        def ready():
+            return (self._close_reason is not None
+                    or (self._inbox and not nested))
+
         with self._cond:
-            def ready():
-                return (self._close_reason is not None
-                        or (self._inbox and not nested))
             if time_limit is None:
                 self._cond.wait_for(ready)
             elif time_limit > 0:
@@ -1013,9 +1015,10 @@ class MemoryConnection:
         if isinstance(reason, ConnectionClosedByBroker):
             raise ConnectionClosedByBroker(
                 reason.reply_code, reason.reply_text)
+        if reason is not None and message:
+            raise ConnectionWrongStateError(message)
         if reason is not None:
-            raise ConnectionWrongStateError(message) if message else \
-                ConnectionWrongStateError()
+            raise ConnectionWrongStateError()
 
     def _post(self, item):
         with self._cond:
@@ -1462,21 +1465,14 @@ class MemoryChannel:
                 self._broker._dispatch(consumer.queue, now)
 
     def _run_delivery(self, delivery):
-        # in the owner thread, from process_data_events, without the lock
-        if self.is_closed:
-            return  # its message was requeued when the channel closed
-        if self._consumers.get(delivery.consumer.tag) is not delivery.consumer:
-            # cancelled after the delivery was queued: requeue, as pika does
-            if not delivery.consumer.auto_ack:
-                with self._broker._operation(self) as now:
-                    entry = self._unacked.pop(
-                        delivery.method.delivery_tag, None)
-                    if entry is not None:
-                        self._broker._requeue([entry], now)
+        # in the owner thread, from process_data_events, without the lock.
+        # Closing the channel or cancelling the consumer already took this
+        # delivery out of the inbox (and requeued it); the check is a guard.
+        consumer = delivery.consumer
+        if self.is_closed or self._consumers.get(consumer.tag) is not consumer:
             return
-        delivery.consumer.callback(self, delivery.method,
-                                   delivery.message.properties(),
-                                   delivery.message.body)
+        consumer.callback(self, delivery.method,
+                          delivery.message.properties(), delivery.message.body)
 
     def _run_cancelled(self, consumer):
         # in the owner thread, from process_data_events, without the lock
