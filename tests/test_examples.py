@@ -63,3 +63,13 @@ def test_rpc_example_on_rabbitmq(run_example, rabbit_config):
         assert services.wait() == 0
     finally:
         services.close()
+
+
+def test_readme_shows_the_example_services_as_they_are():
+    readme = open(os.path.join(ROOT, 'README.md'), encoding='utf-8').read()
+    section = readme.split('## Services that call each other', 1)[1]
+    shown = section.split('```python\n', 1)[1].split('```', 1)[0]
+    source = open(os.path.join(ROOT, 'examples', 'rpc.py'),
+                  encoding='utf-8').read()
+    # the file is the README's snippet plus its module docstring
+    assert source.rstrip().endswith(shown.rstrip())

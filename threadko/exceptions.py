@@ -79,7 +79,7 @@ def safe_for_serialization(value):
     try:
         return str(value)
     except Exception:
-        return '[__str__ failed]'
+        return '[__unicode__ failed]'  # Nameko's text, kept for the wire
 
 
 def serialize(exc):

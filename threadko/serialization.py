@@ -53,10 +53,12 @@ class _JSONEncoder(json.JSONEncoder):
     # the same extra types kombu's JSON encoder (up to 5.2) accepts, in the
     # same plain-string form, which every Nameko version can decode
     def default(self, o):
-        if isinstance(o, datetime.datetime):
+        if isinstance(o, datetime.date):
+            if not isinstance(o, datetime.datetime):
+                o = datetime.datetime(o.year, o.month, o.day)  # midnight
             text = o.isoformat()
             return text[:-6] + 'Z' if text.endswith('+00:00') else text
-        if isinstance(o, (datetime.date, datetime.time)):
+        if isinstance(o, datetime.time):
             return o.isoformat()
         if isinstance(o, (uuid.UUID, decimal.Decimal)):
             return str(o)
@@ -73,7 +75,7 @@ _TAGGED_DECODERS = {
     'time': datetime.time.fromisoformat,
     'decimal': decimal.Decimal,
     'uuid': lambda value: uuid.UUID(value['hex']),
-    'bytes': lambda value: value.encode('latin-1'),
+    'bytes': lambda value: value.encode('utf-8'),
     'base64': lambda value: base64.b64decode(value),
 }
 

@@ -176,6 +176,9 @@ class Connector:
         login_method = config.get(LOGIN_METHOD_CONFIG_KEY)
         extra = {key: value for key, value in options.items()
                  if key in _PIKA_PARAMETERS}
+        extra['client_properties'] = dict(
+            {'connection_name': 'threadko'},
+            **(extra.get('client_properties') or {}))
         ignored = set(options) - _PIKA_PARAMETERS - set(_RETRY_KEYS)
         if ignored:
             _log.debug('TRANSPORT_OPTIONS not used by pika: %s',
@@ -198,7 +201,6 @@ class Connector:
                 credentials=_credentials(address, login_method),
                 heartbeat=heartbeat or 0,
                 ssl_options=ssl_options,
-                client_properties={'connection_name': 'threadko'},
                 **extra))
 
     @property

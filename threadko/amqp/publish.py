@@ -16,6 +16,7 @@ import zlib
 import pika
 import pika.exceptions
 
+from threadko.amqp.headers import field_table
 from threadko.amqp.connection import (
     CONNECTION_ERRORS, Connector, RetryPolicy,
 )
@@ -154,6 +155,12 @@ class ProducerPool:
                     'Error publishing to broker at %s (%r); retrying in '
                     '%s seconds', self.connector.safe_uri, exc, wait)
                 time.sleep(wait)  # back-off between attempts
+            except BaseException:
+                # e.g. an invalid property: this connection's state is
+                # unknown, so it does not go back to the pool
+                if producer is not None:
+                    producer.close()
+                raise
             else:
                 self._checkin(producer, use_confirms, generation)
                 return
@@ -245,7 +252,8 @@ class Publisher:
             body,
             exchange=exchange,
             routing_key=options.pop('routing_key', ''),
-            properties=pika.BasicProperties(headers=headers, **properties),
+            properties=pika.BasicProperties(
+                headers=field_table(headers), **properties),
             mandatory=options.pop('mandatory'),
             declare=declare,
             use_confirms=options.pop('use_confirms'),
