@@ -153,7 +153,7 @@ def test_needs_rabbit(rabbit_config):
         '-p', 'no:cacheprovider', '--rabbit-api-uri', api_uri)
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines([
-        '*RabbitMQ is not reachable at http://guest:****@127.0.0.1:*'
+        '*RabbitMQ is not reachable at http://guest:********@127.0.0.1:*'
         'scripts/test starts one; or pass --amqp-uri/--rabbit-api-uri*',
     ])
     assert 'secret' not in result.stdout.str()

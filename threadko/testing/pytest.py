@@ -224,21 +224,13 @@ def _random_vhost():
         random.choice(string.ascii_lowercase) for _ in range(10))
 
 
-def _hide_password(uri):
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(
-        ':{}@'.format(parts.password), ':****@', 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 @pytest.fixture(scope='session')
 def rabbit_manager(request):
     """A :class:`~threadko.testing.rabbit.RabbitManager` for the
     ``--rabbit-api-uri`` management API. Fails (not skips) the tests that
     use it when the API does not answer."""
     from threadko.testing.rabbit import RabbitManager, RabbitManagerError
+    from threadko.utils import sanitize_url
 
     api_uri = request.config.getoption('RABBIT_API_URI')
     manager = RabbitManager(api_uri)
@@ -248,7 +240,7 @@ def rabbit_manager(request):
         pytest.fail(
             'RabbitMQ is not reachable at {} ({}). scripts/test starts one; '
             'or pass --amqp-uri/--rabbit-api-uri for another broker.'.format(
-                _hide_password(api_uri), exc),
+                sanitize_url(api_uri), exc),
             pytrace=False)
     return manager
 
