@@ -191,3 +191,14 @@ class ChildProcess:
             self.proc.wait(self.timeout)
         self._reader.join(self.timeout)
         self.stream.close()
+
+
+def drain_queue(channel, queue):
+    """Take every ready message off ``queue`` (auto-acked); return the
+    bodies in order."""
+    bodies = []
+    while True:
+        method, _, body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            return bodies
+        bodies.append(body)

@@ -8,6 +8,8 @@ from pika.exceptions import ChannelClosedByBroker
 from threadko.amqp import memory
 from threadko.amqp.entities import Binding, Exchange, Queue, binding
 
+from support import drain_queue
+
 
 @pytest.fixture
 def broker(memory_config):
@@ -27,15 +29,6 @@ def channel(connection):
     return connection.channel()
 
 
-def drain(channel, queue):
-    bodies = []
-    while True:
-        method, _, body = channel.basic_get(queue, auto_ack=True)
-        if method is None:
-            return bodies
-        bodies.append(body)
-
-
 def test_queue_with_exchange_and_extra_bindings_routes(channel, broker):
     orders = Exchange('orders', type='topic')
     audit = Exchange('audit', type='fanout')
@@ -50,7 +43,7 @@ def test_queue_with_exchange_and_extra_bindings_routes(channel, broker):
                           ('audit', 'anything')]:
         channel.basic_publish(exchange, key, key.encode())
 
-    assert drain(channel, 'billing') == [
+    assert drain_queue(channel, 'billing') == [
         b'order.created', b'refund.partial.eu', b'anything']
     assert sorted(broker.bindings('billing')) == [
         ('audit', '', {}), ('orders', 'order.*', {}),
@@ -79,15 +72,15 @@ def test_headers_binding_arguments(channel):
             'events', '', '{}-{}'.format(region, kind).encode(),
             pika.BasicProperties(headers={'region': region, 'kind': kind}))
 
-    assert drain(channel, 'eu-orders') == [b'eu-order']
-    assert drain(channel, 'any-eu') == [b'eu-order', b'eu-refund']
+    assert drain_queue(channel, 'eu-orders') == [b'eu-order']
+    assert drain_queue(channel, 'any-eu') == [b'eu-order', b'eu-refund']
 
 
 def test_queue_without_exchange_is_reachable_through_the_default_exchange(
         channel, broker):
     Queue('plain').declare(channel)
     channel.basic_publish('', 'plain', b'hi')
-    assert drain(channel, 'plain') == [b'hi']
+    assert drain_queue(channel, 'plain') == [b'hi']
     assert broker.bindings('plain') == []
 
 
@@ -100,7 +93,7 @@ def test_default_exchange_is_never_declared_or_bound(channel, broker):
     assert channel.is_open
     assert broker.bindings('via-default') == []
     channel.basic_publish('', 'via-default', b'hi')
-    assert drain(channel, 'via-default') == [b'hi']
+    assert drain_queue(channel, 'via-default') == [b'hi']
 
 
 def test_declaring_twice_is_harmless(channel, broker):

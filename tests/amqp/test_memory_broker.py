@@ -14,6 +14,8 @@ from pika.spec import Basic
 
 from threadko.amqp import memory
 
+from support import drain_queue
+
 WAIT = 5  # seconds: the longest a test waits for something that must happen
 
 
@@ -78,15 +80,6 @@ def declare_bound_queue(channel, exchange, exchange_type, routing_key='',
     return queue
 
 
-def bodies_in(channel, queue):
-    bodies = []
-    while True:
-        method, _, body = channel.basic_get(queue, auto_ack=True)
-        if method is None:
-            return bodies
-        bodies.append(body)
-
-
 # -- routing ------------------------------------------------------------------
 
 def test_default_exchange_routes_to_the_queue_named_by_the_routing_key(
@@ -115,7 +108,7 @@ def test_direct_exchange_matches_the_exact_routing_key(channel):
     for key in ('a.b', 'a', 'a.b.c', 'A.B'):
         channel.basic_publish('ex', key, key.encode())
 
-    assert bodies_in(channel, queue) == [b'a.b']
+    assert drain_queue(channel, queue) == [b'a.b']
 
 
 @pytest.mark.parametrize('binding_key, routing_key, matches', [
@@ -142,7 +135,7 @@ def test_topic_exchange_routing(channel, binding_key, routing_key, matches):
 
     channel.basic_publish('topics', routing_key, b'm')
 
-    assert bodies_in(channel, queue) == ([b'm'] if matches else [])
+    assert drain_queue(channel, queue) == ([b'm'] if matches else [])
 
 
 def test_fanout_exchange_ignores_the_routing_key(channel):
@@ -153,7 +146,7 @@ def test_fanout_exchange_ignores_the_routing_key(channel):
 
     channel.basic_publish('all', 'whatever', b'm')
 
-    assert [bodies_in(channel, queue) for queue in queues] == [[b'm']] * 3
+    assert [drain_queue(channel, queue) for queue in queues] == [[b'm']] * 3
 
 
 @pytest.mark.parametrize('x_match, headers, matches', [
@@ -174,7 +167,7 @@ def test_headers_exchange_routing(channel, x_match, headers, matches):
     channel.basic_publish('hdr', 'any-key', b'm',
                           pika.BasicProperties(headers=headers))
 
-    assert bodies_in(channel, queue) == ([b'm'] if matches else [])
+    assert drain_queue(channel, queue) == ([b'm'] if matches else [])
 
 
 def test_headers_binding_defaults_to_all(channel):
@@ -187,7 +180,7 @@ def test_headers_binding_defaults_to_all(channel):
         'hdr', '', b'full',
         pika.BasicProperties(headers={'kind': 'a', 'size': 1}))
 
-    assert bodies_in(channel, queue) == [b'full']
+    assert drain_queue(channel, queue) == [b'full']
 
 
 def test_a_queue_matched_by_several_bindings_gets_one_copy(channel):
@@ -199,8 +192,8 @@ def test_a_queue_matched_by_several_bindings_gets_one_copy(channel):
 
     channel.basic_publish('topics', 'a.b', b'm')
 
-    assert bodies_in(channel, queue) == [b'm']
-    assert bodies_in(channel, other) == [b'm']
+    assert drain_queue(channel, queue) == [b'm']
+    assert drain_queue(channel, other) == [b'm']
 
 
 def test_unbind_stops_routing(channel, vhost_broker):
@@ -211,7 +204,7 @@ def test_unbind_stops_routing(channel, vhost_broker):
     channel.basic_publish('ex', 'k', b'm')
 
     assert vhost_broker.bindings(queue) == []
-    assert bodies_in(channel, queue) == []
+    assert drain_queue(channel, queue) == []
 
 
 def test_str_bodies_are_encoded_as_utf8(channel):
@@ -219,7 +212,7 @@ def test_str_bodies_are_encoded_as_utf8(channel):
 
     channel.basic_publish('', 'q', 'héllo')
 
-    assert bodies_in(channel, 'q') == ['héllo'.encode('utf-8')]
+    assert drain_queue(channel, 'q') == ['héllo'.encode('utf-8')]
 
 
 def test_every_delivery_gets_its_own_copy_of_the_properties(channel):
@@ -412,7 +405,7 @@ def test_exclusive_queue_is_locked_to_its_connection(connect, vhost):
 
     # anyone may publish to it
     connect().channel().basic_publish('', 'private', b'm')
-    assert len(bodies_in(owner, 'private')) == 2
+    assert len(drain_queue(owner, 'private')) == 2
 
 
 def test_exclusive_queue_is_deleted_when_its_connection_closes(
@@ -762,7 +755,7 @@ def test_per_message_expiration_drops_that_message(channel, vhost_broker):
 
     eventually(lambda: vhost_broker.message_count('q') == 1)
 
-    assert bodies_in(channel, 'q') == [b'long']
+    assert drain_queue(channel, 'q') == [b'long']
 
 
 def test_a_ready_consumer_gets_a_message_with_zero_ttl(connection, channel):
