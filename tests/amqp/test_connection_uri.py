@@ -255,7 +255,20 @@ def test_amqp_ssl_true_turns_on_tls_for_a_plain_uri():
     [params] = Connector(config).parameters
     assert params.ssl_options is not None
     assert params.ssl_options.server_hostname == 'broker.example'
-    assert params.port == 5672  # the port still comes from the URI
+    assert params.port == 5671  # TLS's default port, as kombu picks it
+
+
+def test_amqp_ssl_keeps_an_explicit_port():
+    config = {'AMQP_URI': 'amqp://broker.example:5999/', 'AMQP_SSL': True}
+    [params] = Connector(config).parameters
+    assert params.port == 5999
+
+
+def test_memory_in_a_failover_list_is_refused():
+    with pytest.raises(ConfigurationError) as info:
+        Connector({'AMQP_URI': 'amqp://u:secret@a;memory://'})
+    assert 'failover' in str(info.value)
+    assert 'secret' not in str(info.value)
 
 
 def test_amqp_ssl_options_without_verification():

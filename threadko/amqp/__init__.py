@@ -7,11 +7,11 @@ RabbitMQ is reached with pika (``amqp://``, ``amqps://``, and Nameko's
 
 import logging
 
-# pika reports at INFO every connection it opens and closes, and at WARNING
-# every returned message (which threadko turns into UnknownService or
+# pika reports at INFO every connection it opens and closes, at WARNING
+# every returned message, and at ERROR every failed connection attempt (which threadko turns into UnknownService or
 # UndeliverableMessage); threadko logs what matters itself. An application
 # that configured the "pika" logger keeps its setting.
 _pika_log = logging.getLogger('pika')
 if _pika_log.level == logging.NOTSET:
-    _pika_log.setLevel(logging.ERROR)
+    _pika_log.setLevel(logging.CRITICAL)
 del _pika_log

@@ -75,11 +75,13 @@ class RetryPolicy(namedtuple(
         return cls(**values)
 
 
-def parse_uri(uri):
+def parse_uri(uri, tls=False):
     """Split one broker URI into an :class:`Address`.
 
     The vhost is the path without its first ``/``, percent-decoded; an
     empty path means ``/``. Credentials default to ``guest``/``guest``.
+    The default port is 5671 for ``amqps://`` or when ``tls`` is set
+    (``AMQP_SSL``), else 5672.
     """
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
@@ -89,7 +91,7 @@ def parse_uri(uri):
             'pyamqp:// or memory://'.format(sanitize_url(uri)))
     path = parts.path[1:] if parts.path.startswith('/') else parts.path
     vhost = unquote(path) or '/'
-    default_port = 5671 if scheme in TLS_SCHEMES else 5672
+    default_port = 5671 if scheme in TLS_SCHEMES or tls else 5672
     try:
         port = parts.port or default_port
     except ValueError:
@@ -156,10 +158,16 @@ class Connector:
         self.uri = config.get(AMQP_URI_CONFIG_KEY) or DEFAULT_AMQP_URI
         self.safe_uri = ';'.join(
             sanitize_url(uri) for uri in self.uri.split(';'))
-        addresses = [parse_uri(uri.strip()) for uri in self.uri.split(';')
-                     if uri.strip()]
+        ssl_option = config.get(AMQP_SSL_CONFIG_KEY)
+        addresses = [parse_uri(uri.strip(), tls=bool(ssl_option))
+                     for uri in self.uri.split(';') if uri.strip()]
         if not addresses:
             raise ConfigurationError('AMQP_URI is empty')
+        schemes = {address.scheme == MEMORY_SCHEME for address in addresses}
+        if len(addresses) > 1 and True in schemes:
+            raise ConfigurationError(
+                'memory:// cannot be part of a failover list: {}'.format(
+                    self.safe_uri))
 
         options = dict(DEFAULT_TRANSPORT_OPTIONS)
         if transport_options:
@@ -172,7 +180,6 @@ class Connector:
             self.parameters = []
             return
 
-        ssl_option = config.get(AMQP_SSL_CONFIG_KEY)
         login_method = config.get(LOGIN_METHOD_CONFIG_KEY)
         extra = {key: value for key, value in options.items()
                  if key in _PIKA_PARAMETERS}

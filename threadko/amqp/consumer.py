@@ -82,7 +82,8 @@ class Message:
         """Decompress and decode the body.
 
         :param accept: set of accepted content types
-        :raises serialization.ContentDisallowed, serialization.DecodeError:
+        :raises serialization.ContentDisallowed: unaccepted content type
+        :raises serialization.DecodeError: invalid body
         """
         body = self.body
         compression = self.headers.get('compression')
@@ -199,7 +200,7 @@ class ConsumerLoop:
                 _log.warning(
                     'Error connecting to broker at %s (%s).\n'
                     'Retrying in %s seconds.', self.connector.safe_uri,
-                    exc or type(exc).__name__, wait)
+                    str(exc) or type(exc).__name__, wait)
                 self._stopping.wait(wait)
                 continue
 
@@ -218,7 +219,7 @@ class ConsumerLoop:
                     break
                 _log.warning(
                     'Lost connection to broker at %s (%s); reconnecting',
-                    self.connector.safe_uri, exc or type(exc).__name__)
+                    self.connector.safe_uri, str(exc) or type(exc).__name__)
             finally:
                 self.connection = None
                 _close_quietly(connection)

@@ -31,6 +31,7 @@ _log = logging.getLogger(__name__)
 
 #: compression name -> (mime type sent in the ``compression`` header,
 #: compress, decompress); the names and types kombu uses
+#: :meta hide-value:
 COMPRESSIONS = {
     'zlib': ('application/x-gzip', zlib.compress, zlib.decompress),
     'gzip': ('application/x-gzip', zlib.compress, zlib.decompress),
@@ -119,7 +120,9 @@ class ProducerPool:
             (needs ``use_confirms``)
         :raises pika.exceptions.ChannelClosedByBroker: e.g. the exchange
             does not exist (404)
-        :raises: the last connection error once ``retry_policy`` is spent
+
+        Connection errors are retried per ``retry_policy``; the last one is
+        raised when it is spent.
         """
         policy = RetryPolicy.from_options(
             retry_policy if retry_policy is not None
