@@ -41,6 +41,29 @@ _STOP = object()
 DECLARATION_ERRORS = (pika.exceptions.ChannelClosedByBroker,)
 
 
+def decode_body(body, properties, accept):
+    """Decompress (per the ``compression`` header) and decode a message
+    body with its content type.
+
+    :param accept: set of accepted content types
+    :raises serialization.ContentDisallowed: unaccepted content type
+    :raises serialization.DecodeError: invalid body
+    """
+    compression = (properties.headers or {}).get('compression')
+    if compression:
+        decompress = DECOMPRESSORS.get(compression)
+        if decompress is None:
+            raise serialization.DecodeError(
+                'unknown compression {!r}'.format(compression))
+        try:
+            body = decompress(body)
+        except Exception as exc:
+            raise serialization.DecodeError(
+                'cannot decompress body: {}'.format(exc))
+    return serialization.decode(
+        body, properties.content_type, properties.content_encoding, accept)
+
+
 class Message:
     """One delivery, as handed to a provider's ``handle_message``.
 
@@ -85,21 +108,7 @@ class Message:
         :raises serialization.ContentDisallowed: unaccepted content type
         :raises serialization.DecodeError: invalid body
         """
-        body = self.body
-        compression = self.headers.get('compression')
-        if compression:
-            decompress = DECOMPRESSORS.get(compression)
-            if decompress is None:
-                raise serialization.DecodeError(
-                    'unknown compression {!r}'.format(compression))
-            try:
-                body = decompress(body)
-            except Exception as exc:
-                raise serialization.DecodeError(
-                    'cannot decompress body: {}'.format(exc))
-        return serialization.decode(
-            body, self.properties.content_type,
-            self.properties.content_encoding, accept)
+        return decode_body(self.body, self.properties, accept)
 
     def ack(self):
         self._settle('ack')

@@ -18,7 +18,7 @@ from collections import deque
 import pika.exceptions
 
 from threadko.amqp.connection import Connector
-from threadko.amqp.consumer import ConsumerLoop
+from threadko.amqp.consumer import ConsumerLoop, decode_body
 from threadko.amqp.publish import Publisher, ProducerPool
 from threadko.configuration import config as global_config
 from threadko.constants import (
@@ -173,9 +173,7 @@ class _ClientBase:
 
     def _on_reply(self, channel, method, properties, body):
         try:
-            body = serialization.decode(
-                body, properties.content_type, properties.content_encoding,
-                self._accept)
+            body = decode_body(body, properties, self._accept)
         except (serialization.ContentDisallowed,
                 serialization.DecodeError) as exc:
             _log.error('Discarding undecodable RPC reply: %s', exc)
