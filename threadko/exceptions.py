@@ -7,6 +7,8 @@ The serialised shape is Nameko's (``exc_type``, ``exc_path``, ``exc_args``,
 import inspect
 from collections.abc import Iterable
 
+import pika.exceptions
+
 
 class ThreadkoException(Exception):
     """Base of threadko's own exceptions that are not Nameko-shaped."""
@@ -189,6 +191,32 @@ class UndeliverableMessage(Exception):
 
 class EventHandlerConfigurationError(Exception):
     """An event handler was declared with incompatible options."""
+
+
+_REFUSAL_HINTS = {
+    404: 'it does not exist: declare it first (or start the service that '
+         'declares it)',
+    406: 'it exists with different flags: declare it exactly as its other '
+         'users do, or delete it',
+    403: 'access refused: check the user\'s permissions on this vhost',
+    405: 'it is in exclusive use by another connection',
+}
+
+
+class BrokerRefused(pika.exceptions.ChannelClosedByBroker):
+    """The broker refused a publish or a declaration and closed the channel
+    (``reply_code`` 404 not found, 406 inequivalent flags, 403 access
+    refused, ...). A subclass of pika's ``ChannelClosedByBroker``."""
+
+    def __init__(self, action, reply_code, reply_text):
+        super().__init__(reply_code, reply_text)
+        self.action = action
+
+    def __str__(self):
+        hint = _REFUSAL_HINTS.get(self.reply_code)
+        return 'The broker refused to {}: {} {}{}'.format(
+            self.action, self.reply_code, self.reply_text,
+            '; {}'.format(hint) if hint else '')
 
 
 # the classes nameko.exceptions also defines (see _wire_path)

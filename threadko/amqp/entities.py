@@ -9,19 +9,25 @@ class Exchange:
     :param name: exchange name; ``""`` is the default exchange, which is
         never declared
     :param type: ``direct`` (default), ``topic``, ``fanout`` or ``headers``
+    :param no_declare: never declare it (it must exist already)
+    :param delivery_mode: accepted for kombu compatibility; publishers set
+        the delivery mode of each message themselves
     """
 
     def __init__(self, name='', type='direct', durable=True,
-                 auto_delete=False, internal=False, arguments=None):
+                 auto_delete=False, internal=False, arguments=None,
+                 no_declare=False, delivery_mode=None):
         self.name = name
         self.type = type
         self.durable = durable
-        self.auto_delete = auto_delete
+        self.auto_delete = bool(auto_delete)
         self.internal = internal
         self.arguments = arguments
+        self.no_declare = no_declare
+        self.delivery_mode = delivery_mode
 
     def declare(self, channel):
-        if not self.name:
+        if not self.name or self.no_declare:
             return
         channel.exchange_declare(
             exchange=self.name, exchange_type=self.type,
@@ -30,7 +36,7 @@ class Exchange:
 
     def _key(self):
         return (self.name, self.type, self.durable, self.auto_delete,
-                self.internal, _frozen(self.arguments))
+                self.internal, _frozen(self.arguments), self.no_declare)
 
     def __eq__(self, other):
         return isinstance(other, Exchange) and self._key() == other._key()
@@ -72,7 +78,8 @@ class Queue:
     queue to the exchange with ``routing_key``, then every extra binding.
 
     :param name: queue name
-    :param exchange: an :class:`Exchange`, or ``None`` for the default one
+    :param exchange: an :class:`Exchange` (or the name of a direct one), or
+        ``None`` for the default exchange
     :param routing_key: binding key to ``exchange``
     :param durable: survives a broker restart (default ``True``)
     :param exclusive: only the declaring connection may use it; implies
@@ -81,12 +88,16 @@ class Queue:
     :param queue_arguments: ``x-`` arguments, e.g. ``{"x-expires": 300000}``
     :param binding_arguments: arguments of the main binding
     :param bindings: extra :class:`Binding` objects
+    :param no_declare: never declare the queue or its bindings (they must
+        exist already)
     """
 
     def __init__(self, name='', exchange=None, routing_key='', durable=True,
                  exclusive=False, auto_delete=False, queue_arguments=None,
-                 binding_arguments=None, bindings=()):
+                 binding_arguments=None, bindings=(), no_declare=False):
         self.name = name
+        if isinstance(exchange, str):
+            exchange = Exchange(exchange)  # kombu accepts a bare name too
         self.exchange = exchange
         self.routing_key = routing_key
         self.durable = durable
@@ -95,9 +106,12 @@ class Queue:
         self.queue_arguments = queue_arguments
         self.binding_arguments = binding_arguments
         self.bindings = list(bindings)
+        self.no_declare = no_declare
 
     def declare(self, channel):
         """Declare the exchange, queue and bindings on ``channel``."""
+        if self.no_declare:
+            return
         if self.exchange is not None:
             self.exchange.declare(channel)
         channel.queue_declare(

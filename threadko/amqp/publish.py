@@ -23,7 +23,7 @@ from threadko.amqp.connection import (
 from threadko.constants import (
     DEFAULT_RETRY_POLICY, DEFAULT_SERIALIZER, PERSISTENT,
 )
-from threadko.exceptions import UndeliverableMessage
+from threadko.exceptions import BrokerRefused, UndeliverableMessage
 from threadko.extensions import SharedExtension
 from threadko import serialization
 
@@ -58,12 +58,16 @@ class _Producer:
             self.channel.confirm_delivery()
         self.declared = set()
 
-    def publish(self, exchange, routing_key, body, properties, mandatory,
-                declare):
-        for entity in declare:
+    def declare(self, entities):
+        """Declare each entity once per connection."""
+        for entity in entities:
             if entity not in self.declared:
                 entity.declare(self.channel)
                 self.declared.add(entity)
+
+    def publish(self, exchange, routing_key, body, properties, mandatory,
+                declare):
+        self.declare(declare)
         self.channel.basic_publish(
             exchange=exchange, routing_key=routing_key, body=body,
             properties=properties, mandatory=mandatory)
@@ -118,12 +122,38 @@ class ProducerPool:
 
         :raises UndeliverableMessage: ``mandatory`` and no queue is bound
             (needs ``use_confirms``)
-        :raises pika.exceptions.ChannelClosedByBroker: e.g. the exchange
-            does not exist (404)
+        :raises BrokerRefused: e.g. the exchange does not exist (404)
 
         Connection errors are retried per ``retry_policy``; the last one is
         raised when it is spent.
         """
+        def publish(producer):
+            try:
+                producer.publish(exchange, routing_key, body, properties,
+                                 mandatory, declare)
+            except pika.exceptions.UnroutableError:
+                raise UndeliverableMessage(
+                    'No queue is bound to exchange {!r} for routing key '
+                    '{!r}'.format(exchange, routing_key))
+
+        action = 'publish to exchange {!r} with routing key {!r}'.format(
+            exchange, routing_key)
+        self._run(publish, action, use_confirms, retry, retry_policy)
+
+    def declare(self, entities, retry=True, retry_policy=None):
+        """Declare ``entities`` (exchanges and queues) now.
+
+        :raises BrokerRefused: e.g. an entity exists with other flags (406)
+        """
+        entities = list(entities)
+        if entities:
+            self._run(lambda producer: producer.declare(entities),
+                      'declare {}'.format(entities), True, retry,
+                      retry_policy)
+
+    def _run(self, operation, action, use_confirms, retry, retry_policy):
+        """Run ``operation(producer)`` on a lent producer, retrying
+        connection errors per the policy."""
         policy = RetryPolicy.from_options(
             retry_policy if retry_policy is not None
             else DEFAULT_RETRY_POLICY)
@@ -133,16 +163,13 @@ class ProducerPool:
             reused = False
             try:
                 producer, reused, generation = self._checkout(use_confirms)
-                producer.publish(exchange, routing_key, body, properties,
-                                 mandatory, declare)
-            except pika.exceptions.UnroutableError:
+                operation(producer)
+            except UndeliverableMessage:
                 self._checkin(producer, use_confirms, generation)
-                raise UndeliverableMessage(
-                    'No queue is bound to exchange {!r} for routing key '
-                    '{!r}'.format(exchange, routing_key))
-            except pika.exceptions.ChannelClosedByBroker:
-                producer.close()
                 raise
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                producer.close()
+                raise BrokerRefused(action, exc.reply_code, exc.reply_text)
             except (pika.exceptions.NackError,) + CONNECTION_ERRORS as exc:
                 if producer is not None:
                     producer.close()

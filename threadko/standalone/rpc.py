@@ -20,11 +20,10 @@ import pika.exceptions
 from threadko.amqp.connection import Connector
 from threadko.amqp.consumer import ConsumerLoop, decode_body
 from threadko.amqp.publish import Publisher, ProducerPool
-from threadko.configuration import config as global_config
 from threadko.constants import (
-    AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY, CALL_ID_STACK_CONTEXT_KEY,
-    DEFAULT_HEARTBEAT, DEFAULT_PARENT_CALLS_TRACKED, HEARTBEAT_CONFIG_KEY,
-    LOGIN_METHOD_CONFIG_KEY, PARENT_CALLS_CONFIG_KEY,
+    CALL_ID_STACK_CONTEXT_KEY, DEFAULT_HEARTBEAT,
+    DEFAULT_PARENT_CALLS_TRACKED, HEARTBEAT_CONFIG_KEY,
+    PARENT_CALLS_CONFIG_KEY,
 )
 from threadko.exceptions import (
     ReplyQueueExpiredWithPendingReplies, RpcClientStopped,
@@ -33,17 +32,12 @@ from threadko.rpc import (
     RESTRICTED_PUBLISHER_OPTIONS, ClusterProxy, ReplyRegistry, RpcClient,
     ServiceProxy, get_rpc_exchange, reply_queue,
 )
+from threadko.standalone import client_config
 from threadko import serialization
 
 _log = logging.getLogger(__name__)
 
 STANDALONE_SERVICE_NAME = 'standalone_rpc_proxy'
-# Nameko 3 keyword options that select another broker
-_CONNECTION_OPTIONS = {
-    'uri': AMQP_URI_CONFIG_KEY,
-    'ssl': AMQP_SSL_CONFIG_KEY,
-    'login_method': LOGIN_METHOD_CONFIG_KEY,
-}
 
 
 class _ClientBase:
@@ -51,12 +45,8 @@ class _ClientBase:
 
     def __init__(self, config=None, context_data=None, timeout=None,
                  **options):
-        config = global_config if config is None else config
         options.pop('reply_listener_cls', None)  # Nameko 2; not needed
-        overrides = {key: options.pop(option)
-                     for option, key in _CONNECTION_OPTIONS.items()
-                     if option in options}
-        self.config = dict(config, **overrides)
+        self.config = client_config(config, options)
         self.context_data = dict(context_data or {})
         self.timeout = timeout
         self.publisher_options = {

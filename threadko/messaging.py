@@ -1,0 +1,178 @@
+"""Generic AMQP messaging: consume any queue, publish to any exchange.
+
+``@consume(queue)`` runs a worker for each message on ``queue`` (a
+:class:`~threadko.amqp.entities.Queue` you declare), with the decoded body
+as its single argument and the message headers as context data. The message
+is acked when the worker is done, or requeued if it failed and
+``requeue_on_error`` is set.
+
+``Publisher(exchange=...)`` injects ``publish(msg, **options)``, which
+returns once the broker has confirmed the message. The calling worker's
+context data travels in the headers, so a consumer downstream sees the same
+call id stack and user data.
+
+Both declare their entities exactly as Nameko 2 does, so queues and
+exchanges can be shared with Nameko services on the same broker.
+"""
+
+import warnings
+from functools import partial
+
+from threadko.amqp.consumer import QueueConsumer
+from threadko.amqp.entities import Exchange, Queue, binding
+from threadko.amqp.headers import decode_from_headers, encode_to_headers
+from threadko.amqp.publish import Publisher as CorePublisher
+from threadko.amqp.publish import SharedProducerPool
+from threadko.constants import HEADER_PREFIX
+from threadko.exceptions import ContainerBeingKilled
+from threadko.extensions import DependencyProvider, Entrypoint
+
+__all__ = [
+    'Publisher', 'Consumer', 'consume', 'QueueConsumer', 'Exchange',
+    'Queue', 'binding', 'HeaderEncoder', 'HeaderDecoder',
+]
+
+# options Nameko 2.6 took as class attributes of Publisher subclasses
+_COMPAT_ATTRS = ('retry', 'retry_policy', 'use_confirms')
+
+
+class HeaderEncoder:
+    """Nameko 2's mixin: ``get_message_headers(worker_ctx)`` returns the
+    headers carrying the worker's context data."""
+
+    header_prefix = HEADER_PREFIX
+
+    def get_message_headers(self, worker_ctx):
+        return encode_to_headers(
+            worker_ctx.context_data, prefix=self.header_prefix)
+
+
+class HeaderDecoder:
+    """Nameko 2's mixin: ``unpack_message_headers(message)`` returns the
+    context data carried by a message's headers."""
+
+    header_prefix = HEADER_PREFIX
+
+    def unpack_message_headers(self, message):
+        return decode_from_headers(message.headers, prefix=self.header_prefix)
+
+
+class Publisher(DependencyProvider, HeaderEncoder):
+    """Injects ``publish(msg, **options)``, publishing to ``exchange``.
+
+    :param exchange: an :class:`~threadko.amqp.entities.Exchange`; ``None``
+        publishes to the default exchange (route with
+        ``routing_key=<queue name>``)
+    :param queue: deprecated (as in Nameko): a queue to declare, whose
+        exchange is used when ``exchange`` is not given
+    :param declare: more exchanges and queues to declare at setup
+    :param options: publish options, overridable per call: ``routing_key``,
+        ``headers``, ``delivery_mode``, ``priority``, ``expiration``
+        (seconds), ``correlation_id``, ``reply_to``, ``mandatory``,
+        ``serializer``, ``compression``, ``retry``, ``retry_policy``,
+        ``use_confirms``, ``declare``, ...
+
+    Headers merge as in Nameko: ``headers`` given here, then ``headers``
+    given to the call, then the worker's context data (``nameko.*``).
+    """
+
+    producers = SharedProducerPool()
+
+    def __init__(self, exchange=None, queue=None, declare=None, **options):
+        self.exchange = exchange
+        self.options = options
+        self.declare = list(declare) if declare is not None else []
+        if self.exchange:
+            self.declare.append(self.exchange)
+        if queue is not None:
+            warnings.warn(
+                'The `queue` argument of `Publisher` is deprecated: pass the '
+                'queue in `declare=[...]` and the exchange as `exchange`.',
+                DeprecationWarning, stacklevel=2)
+            if exchange is None:
+                self.exchange = queue.exchange
+            self.declare.append(queue)
+        for name in _COMPAT_ATTRS:
+            if hasattr(self, name):
+                warnings.warn(
+                    '`{}` should be given to `Publisher(...)`, not set as a '
+                    'class attribute.'.format(name), DeprecationWarning,
+                    stacklevel=2)
+                self.options[name] = getattr(self, name)
+
+    @property
+    def serializer(self):
+        """The default serializer: the container's (config ``serializer``)."""
+        return self.container.serializer
+
+    def setup(self):
+        options = dict(self.options)
+        serializer = options.pop('serializer', self.serializer)
+        pool = self.producers.pool
+        pool.declare(self.declare)
+        self.publisher = CorePublisher(
+            pool, serializer=serializer, exchange=self.exchange,
+            declare=self.declare, **options)
+
+    def get_dependency(self, worker_ctx):
+        extra_headers = self.get_message_headers(worker_ctx)
+
+        def publish(msg, **kwargs):
+            self.publisher.publish(msg, extra_headers=extra_headers, **kwargs)
+
+        return publish
+
+
+class Consumer(Entrypoint, HeaderDecoder):
+    """The ``@consume(queue)`` entrypoint.
+
+    :param queue: the :class:`~threadko.amqp.entities.Queue` to consume;
+        it is declared (with its exchange and bindings) on every connect
+    :param requeue_on_error: requeue a message whose worker raised, instead
+        of acking it (it is redelivered at once, maybe to this instance)
+
+    A message that cannot be decoded (bad body, content type not in
+    ``ACCEPT``) is rejected without requeue, so it goes to the queue's
+    dead-letter exchange if it has one, and an error is logged.
+    """
+
+    queue_consumer = QueueConsumer()
+
+    def __init__(self, queue, requeue_on_error=False, **kwargs):
+        self.queue = queue
+        self.requeue_on_error = requeue_on_error
+        super().__init__(**kwargs)
+
+    def setup(self):
+        self.queue_consumer.register_provider(self)
+
+    def stop(self):
+        self.queue_consumer.unregister_provider(self)
+
+    def kill(self):
+        self.queue_consumer.unregister_provider(self)
+
+    def handle_message(self, body, message):
+        context_data = self.unpack_message_headers(message)
+        handle_result = partial(self.handle_result, message)
+        try:
+            self.container.spawn_worker(
+                self, (body,), {}, context_data=context_data,
+                handle_result=handle_result)
+        except ContainerBeingKilled:
+            message.requeue()
+
+    def handle_result(self, message, worker_ctx, result, exc_info):
+        self.handle_message_processed(message, result, exc_info)
+        return result, exc_info
+
+    def handle_message_processed(self, message, result=None, exc_info=None):
+        """Settle ``message`` once its worker is done: ack, or requeue on
+        error when ``requeue_on_error`` is set."""
+        if exc_info is not None and self.requeue_on_error:
+            message.requeue()
+        else:
+            message.ack()
+
+
+consume = Consumer.decorator
