@@ -11,26 +11,36 @@ import signal
 import sys
 import threading
 
+from examples.events import ServiceA, ServiceB
 from examples.rpc import ServiceX, ServiceY
+from examples.standalone_events import main as dispatch_event
 from examples.standalone_rpc import main as call_services
 from threadko.runners import ServiceRunner
+from threadko.standalone.rpc import ClusterRpcProxy
+
+SERVICES = (ServiceX, ServiceY, ServiceA, ServiceB)
 
 
 def serve(amqp_uri):
     config = {"AMQP_URI": amqp_uri}
     runner = ServiceRunner(config)
-    runner.add_service(ServiceX)
-    runner.add_service(ServiceY)
+    for service_cls in SERVICES:
+        runner.add_service(service_cls)
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
 
     runner.start()
-    print("service_x and service_y are running on {}".format(amqp_uri),
-          flush=True)
+    print("{} are running on {}".format(
+        ", ".join(cls.name for cls in SERVICES), amqp_uri), flush=True)
     try:
         call_services(amqp_uri)
+        # an event dispatched by a service worker, then one from a script;
+        # service_b prints each as it handles it
+        with ClusterRpcProxy(config, timeout=10) as cluster_rpc:
+            cluster_rpc.service_a.dispatching_method("hellø event")
+        dispatch_event(amqp_uri)
         print("serving until Ctrl-C ...", flush=True)
         stop.wait()
     finally:

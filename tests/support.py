@@ -119,14 +119,19 @@ class RecordingProvider(DependencyProvider):
 
 
 class ChildProcess:
-    """A child process whose output lines (stderr, or stdout with
-    ``stream='stdout'``) are collected by a reader thread, so the test can
-    wait for a line with a deadline."""
+    """A child process whose output lines (stderr, stdout with
+    ``stream='stdout'``, or both with ``stream='both'``) are collected by a
+    reader thread, so the test can wait for a line with a deadline."""
 
     def __init__(self, argv, cwd, env, stream='stderr', timeout=WAIT):
         self.timeout = timeout
-        pipes = {'stdout': subprocess.DEVNULL, 'stderr': subprocess.DEVNULL}
-        pipes[stream] = subprocess.PIPE
+        if stream == 'both':
+            pipes = {'stdout': subprocess.PIPE, 'stderr': subprocess.STDOUT}
+            stream = 'stdout'
+        else:
+            pipes = {'stdout': subprocess.DEVNULL,
+                     'stderr': subprocess.DEVNULL}
+            pipes[stream] = subprocess.PIPE
         self.proc = subprocess.Popen(
             argv, cwd=cwd, env=env, text=True, **pipes)
         self.stream = getattr(self.proc, stream)
