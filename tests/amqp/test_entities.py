@@ -177,3 +177,27 @@ def test_exchange_arguments_compare_by_value():
     assert hash(first) == hash(second)
     assert first != Exchange('a', arguments={'alternate-exchange': 'y'})
     assert len({first, second, Exchange('a')}) == 2
+
+
+def test_no_declare_exchange_is_not_declared(channel, broker):
+    Exchange('existing-only', type='topic', no_declare=True).declare(channel)
+    assert 'existing-only' not in broker.exchange_names()
+
+
+def test_no_declare_queue_is_not_declared(channel, broker):
+    Queue('not-declared', exchange=Exchange('x'), no_declare=True).declare(
+        channel)
+    assert 'not-declared' not in broker.queue_names()
+    assert 'x' not in broker.exchange_names()
+
+
+def test_queue_takes_an_exchange_name_as_kombu_does(channel, broker):
+    queue = Queue('by-name', exchange='named', routing_key='k')
+    assert queue.exchange == Exchange('named', type='direct')
+    queue.declare(channel)
+    channel.basic_publish('named', 'k', b'routed')
+    assert drain_queue(channel, 'by-name') == [b'routed']
+
+
+def test_exclusive_queue_is_auto_delete_as_in_kombu():
+    assert Queue('q', exclusive=True).auto_delete is True

@@ -16,7 +16,7 @@ from threadko.amqp import memory
 from threadko.amqp.connection import Connector
 from threadko.amqp.entities import Exchange, Queue
 from threadko.amqp.publish import ProducerPool, Publisher
-from threadko.exceptions import UndeliverableMessage
+from threadko.exceptions import BrokerRefused, UndeliverableMessage
 
 WAIT = 5  # seconds
 INBOX = 'inbox'
@@ -231,11 +231,33 @@ def test_unroutable_mandatory_without_confirms_is_not_detected(pool):
 
 
 def test_missing_exchange_is_a_404(publisher, reader):
-    with pytest.raises(ChannelClosedByBroker) as error:
+    with pytest.raises(BrokerRefused) as error:
         publisher.publish('x', exchange='does-not-exist')
     assert error.value.reply_code == 404
+    # pika's own type, for code that catches that
+    assert isinstance(error.value, ChannelClosedByBroker)
+    message = str(error.value)
+    assert "publish to exchange 'does-not-exist'" in message
+    assert 'declare it first' in message
     publisher.publish('after')
     assert reader.drain() == [b'"after"']
+
+
+def test_pool_declares_entities(pool, broker):
+    exchange = Exchange('declared-x', type='fanout')
+    pool.declare([exchange, Queue('declared-q', exchange=exchange)])
+    assert 'declared-x' in broker.exchange_names()
+    assert ('declared-x', '', {}) in broker.bindings('declared-q')
+
+
+def test_pool_declaration_refused_with_other_flags(pool):
+    pool.declare([Exchange('flags', type='topic')])
+    with pytest.raises(BrokerRefused) as error:
+        pool.declare([Exchange('flags', type='direct')])
+    assert error.value.reply_code == 406
+    assert 'different flags' in str(error.value)
+    # the pool keeps working after the refusal
+    pool.declare([Exchange('flags', type='topic')])
 
 
 @pytest.mark.parametrize('compression, mime, decompress', [
