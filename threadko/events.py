@@ -106,6 +106,7 @@ class EventHandler(Consumer):
         handler is connected (default ``True``)
     :param requeue_on_error: requeue an event whose handler raised, instead
         of acking it
+    :param prefetch_count: see :class:`~threadko.messaging.Consumer`
 
     Queues (all durable, bound to ``<source>.events`` with the event type):
 

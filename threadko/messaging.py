@@ -130,6 +130,8 @@ class Consumer(Entrypoint, HeaderDecoder):
         it is declared (with its exchange and bindings) on every connect
     :param requeue_on_error: requeue a message whose worker raised, instead
         of acking it (it is redelivered at once, maybe to this instance)
+    :param prefetch_count: how many unacked messages the broker may send
+        ahead (Nameko 3's option); default: the container's ``max_workers``
 
     A message that cannot be decoded (bad body, content type not in
     ``ACCEPT``) is rejected without requeue, so it goes to the queue's
@@ -138,9 +140,11 @@ class Consumer(Entrypoint, HeaderDecoder):
 
     queue_consumer = QueueConsumer()
 
-    def __init__(self, queue, requeue_on_error=False, **kwargs):
+    def __init__(self, queue, requeue_on_error=False, prefetch_count=None,
+                 **kwargs):
         self.queue = queue
         self.requeue_on_error = requeue_on_error
+        self.prefetch_count = prefetch_count
         super().__init__(**kwargs)
 
     def setup(self):

@@ -300,6 +300,8 @@ class QueueConsumer(ProviderCollector, SharedExtension):
     - optionally ``handle_undecodable(message, exc)``: called instead when
       the body cannot be decoded or its content type is not accepted
       (default: log an error and discard the message);
+    - optionally ``prefetch_count``: its consumer's prefetch, instead of
+      the container's ``max_workers``;
     - optionally ``consume_on_consumer_thread = True``: run
       ``handle_message`` on the consumer thread itself; only for handlers
       that never block (the RPC reply listener).
@@ -398,7 +400,8 @@ class QueueConsumer(ProviderCollector, SharedExtension):
         if provider in self._consumer_tags or not channel.is_open:
             return
         provider.queue.declare(channel)
-        channel.basic_qos(prefetch_count=self.prefetch_count)
+        channel.basic_qos(prefetch_count=getattr(
+            provider, 'prefetch_count', None) or self.prefetch_count)
         self._consumer_tags[provider] = channel.basic_consume(
             queue=provider.queue.name,
             on_message_callback=partial(self._on_message, provider))
