@@ -1,13 +1,20 @@
-"""Small building blocks shared by the core tests: an entrypoint that fires on
-demand, and a recorder that notes which lifecycle hooks ran, in order."""
+"""Small building blocks shared by the tests: an entrypoint that fires on
+demand, a recorder that notes which lifecycle hooks ran, child processes with
+output deadlines, and raw access to the broker under test."""
 
+import contextlib
 import subprocess
 import threading
 import time
 
+import pika
+import pika.exceptions
+
+from threadko.amqp import memory
 from threadko.extensions import DependencyProvider, Entrypoint
 
 WAIT = 5  # seconds: the longest any test waits for something that must happen
+BROKER_WAIT = 10  # the same, for something that crosses a real broker
 
 
 class Fire(Entrypoint):
@@ -207,3 +214,67 @@ def drain_queue(channel, queue):
         if method is None:
             return bodies
         bodies.append(body)
+
+
+# -- the broker under test (the ``broker`` fixture), used from outside ------
+
+class Received:
+    """A thread-safe list of what handlers got, with waits."""
+
+    def __init__(self):
+        self.items = []
+        self._cond = threading.Condition()
+
+    def add(self, item):
+        with self._cond:
+            self.items.append(item)
+            self._cond.notify_all()
+
+    def wait_for(self, item, timeout=BROKER_WAIT):
+        with self._cond:
+            assert self._cond.wait_for(lambda: item in self.items, timeout), (
+                'never got {!r}; got {!r}'.format(item, self.items))
+            return list(self.items)
+
+    def wait_for_count(self, count, timeout=BROKER_WAIT):
+        with self._cond:
+            assert self._cond.wait_for(
+                lambda: len(self.items) >= count, timeout), (
+                'expected {} items; got {!r}'.format(count, self.items))
+            return list(self.items)
+
+
+@contextlib.contextmanager
+def raw_channel(broker):
+    """A pika(-like) channel on the broker under test, outside threadko."""
+    if broker.kind == 'memory':
+        connection = memory.connect(broker.config['vhost'])
+    else:
+        connection = pika.BlockingConnection(
+            pika.URLParameters(broker.config['AMQP_URI']))
+    try:
+        yield connection.channel()
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def queue_state(broker, queue):
+    """``(ready message count, consumer count)`` of ``queue``, or ``None``
+    if it does not exist."""
+    with raw_channel(broker) as channel:
+        try:
+            ok = channel.queue_declare(queue, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            assert exc.reply_code == 404
+            return None
+    return ok.method.message_count, ok.method.consumer_count
+
+
+def until(predicate, timeout=BROKER_WAIT):
+    """Poll ``predicate`` (each call a broker round trip) until it holds:
+    RabbitMQ deletes auto-delete queues and forgets cancelled consumers a
+    moment after the client's call returns, and nothing signals when."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, 'condition never held'

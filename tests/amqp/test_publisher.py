@@ -226,8 +226,9 @@ def test_unroutable_without_mandatory_is_dropped_silently(publisher):
 
 
 def test_unroutable_mandatory_without_confirms_is_not_detected(pool):
-    Publisher(pool, use_confirms=False, mandatory=True).publish(
-        'lost', routing_key='nobody-listens')
+    with pytest.warns(UserWarning, match='without publish confirms'):
+        Publisher(pool, use_confirms=False, mandatory=True).publish(
+            'lost', routing_key='nobody-listens')
 
 
 def test_missing_exchange_is_a_404(publisher, reader):

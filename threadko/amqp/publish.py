@@ -11,6 +11,7 @@ import bz2
 import logging
 import threading
 import time
+import warnings
 import zlib
 
 import pika
@@ -278,15 +279,23 @@ class Publisher:
             if name in _PROPERTY_NAMES:
                 properties[name] = options.pop(name)
 
+        mandatory = options.pop('mandatory')
+        use_confirms = options.pop('use_confirms')
+        if mandatory and not use_confirms:
+            warnings.warn(
+                'Mandatory delivery was requested, but unroutable messages '
+                'cannot be detected without publish confirms: enable '
+                '`use_confirms`.', UserWarning, stacklevel=2)
+
         self.pool.publish(
             body,
             exchange=exchange,
             routing_key=options.pop('routing_key', ''),
             properties=pika.BasicProperties(
                 headers=field_table(headers), **properties),
-            mandatory=options.pop('mandatory'),
+            mandatory=mandatory,
             declare=declare,
-            use_confirms=options.pop('use_confirms'),
+            use_confirms=use_confirms,
             retry=options.pop('retry'),
             retry_policy=options.pop('retry_policy', None),
         )
