@@ -7,10 +7,15 @@ RabbitMQ is reached with pika (``amqp://``, ``amqps://``, and Nameko's
 
 import logging
 
+from threadko.amqp import pika_codec
+
+pika_codec.install()
+
 # pika reports at INFO every connection it opens and closes, at WARNING
-# every returned message, and at ERROR every failed connection attempt (which threadko turns into UnknownService or
-# UndeliverableMessage); threadko logs what matters itself. An application
-# that configured the "pika" logger keeps its setting.
+# every returned message (which threadko turns into UnknownService or
+# UndeliverableMessage), and at ERROR every failed connection attempt;
+# threadko logs what matters itself. An application that configured the
+# "pika" logger keeps its setting.
 _pika_log = logging.getLogger('pika')
 if _pika_log.level == logging.NOTSET:
     _pika_log.setLevel(logging.CRITICAL)

@@ -5,8 +5,6 @@ value is ``None`` are not sent. On the way in every header becomes context
 data: ``nameko.`` is stripped, other headers keep their raw names.
 """
 
-import decimal
-
 from threadko.constants import HEADER_PREFIX
 
 
@@ -15,25 +13,9 @@ def _field_value(value):
     # AMQP field tables have arrays but no tuples
     if isinstance(value, (tuple, list)):
         return [_field_value(item) for item in value]
-    if isinstance(value, float):
-        return _float_value(value)
     if isinstance(value, dict):
         return {key: _field_value(item) for key, item in value.items()}
     return value
-
-
-def _float_value(value):
-    # pika decodes doubles (Nameko sends them) but cannot encode them; its
-    # decimals hold a 32-bit mantissa, so fall back to text beyond that
-    try:
-        number = decimal.Decimal(repr(value))
-        exponent = number.as_tuple().exponent
-        if isinstance(exponent, int) and abs(
-                int(number.scaleb(max(0, -exponent)))) < 2 ** 31:
-            return number
-    except (decimal.InvalidOperation, ValueError, OverflowError):
-        pass
-    return repr(value)
 
 
 def field_table(headers):
