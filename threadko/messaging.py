@@ -36,6 +36,16 @@ __all__ = [
 _COMPAT_ATTRS = ('retry', 'retry_policy', 'use_confirms')
 
 
+def _check_entity(value, types, argument):
+    """Refuse kombu's (or anything else's) entities early, with a hint:
+    they would only fail later, on the consumer thread."""
+    if not isinstance(value, types):
+        raise TypeError(
+            '{} must be a threadko {} (from threadko.messaging, which takes '
+            'the same arguments as kombu\'s), not {!r}'.format(
+                argument, ' or '.join(t.__name__ for t in types), value))
+
+
 class HeaderEncoder:
     """Nameko 2's mixin: ``get_message_headers(worker_ctx)`` returns the
     headers carrying the worker's context data."""
@@ -79,6 +89,10 @@ class Publisher(DependencyProvider, HeaderEncoder):
     producers = SharedProducerPool()
 
     def __init__(self, exchange=None, queue=None, declare=None, **options):
+        if exchange is not None:
+            _check_entity(exchange, (Exchange,), 'exchange')
+        for entity in declare or ():
+            _check_entity(entity, (Exchange, Queue), 'each of declare')
         self.exchange = exchange
         self.options = options
         self.declare = list(declare) if declare is not None else []
@@ -89,6 +103,7 @@ class Publisher(DependencyProvider, HeaderEncoder):
                 'The `queue` argument of `Publisher` is deprecated: pass the '
                 'queue in `declare=[...]` and the exchange as `exchange`.',
                 DeprecationWarning, stacklevel=2)
+            _check_entity(queue, (Queue,), 'queue')
             if exchange is None:
                 self.exchange = queue.exchange
             self.declare.append(queue)
@@ -142,6 +157,8 @@ class Consumer(Entrypoint, HeaderDecoder):
 
     def __init__(self, queue, requeue_on_error=False, prefetch_count=None,
                  **kwargs):
+        if queue is not None:  # None: a subclass makes it in setup()
+            _check_entity(queue, (Queue,), 'queue')
         self.queue = queue
         self.requeue_on_error = requeue_on_error
         self.prefetch_count = prefetch_count

@@ -8,6 +8,8 @@ RabbitMQ is reached with pika (``amqp://``, ``amqps://``, and Nameko's
 import logging
 
 from threadko.amqp import pika_codec
+# where Nameko 2 users import it from
+from threadko.exceptions import UndeliverableMessage  # noqa: F401
 
 pika_codec.install()
 
