@@ -38,10 +38,12 @@ threadko). Each service is picked by its name from :data:`SERVICES`.
     <method name>, "body": <event data or message body>, "context_data":
     <worker context data, i.e. the decoded headers>, "call_id_stack":
     [...]}``.
-    ``received(kind=None)`` returns the records (of that kind) so far;
-    ``wait_for(n, timeout=5, kind=None)`` blocks until at least ``n``
-    records (of that kind) arrived or ``timeout`` seconds passed, and
-    returns them.
+    ``received(kind=None, handler=None)`` returns the records (of that
+    kind, of that handler method) so far; ``wait_for(n, timeout=5,
+    kind=None, handler=None)`` blocks until at least ``n`` such records
+    arrived or ``timeout`` seconds passed, and returns them. (Under
+    ``max_workers: 1`` a blocking ``wait_for`` holds the only worker slot,
+    so no handler runs meanwhile: poll ``received`` instead.)
 """
 
 from collections import defaultdict
@@ -194,15 +196,16 @@ class Journal(object):
         changed, self._changed = self._changed, Event()
         changed.send(True)
 
-    def select(self, kind=None):
+    def select(self, kind=None, handler=None):
         return [item for item in self.items
-                if kind is None or item['kind'] == kind]
+                if (kind is None or item['kind'] == kind)
+                and (handler is None or item['handler'] == handler)]
 
-    def wait_for(self, count, timeout, kind=None):
+    def wait_for(self, count, timeout, kind=None, handler=None):
         with eventlet.Timeout(timeout, False):
-            while len(self.select(kind)) < count:
+            while len(self.select(kind, handler)) < count:
                 self._changed.wait()
-        return self.select(kind)
+        return self.select(kind, handler)
 
 
 JOURNAL = Journal()
@@ -251,12 +254,12 @@ class NamekoListener(object):
         record('message', self.worker, body)
 
     @rpc
-    def received(self, kind=None):
-        return JOURNAL.select(kind)
+    def received(self, kind=None, handler=None):
+        return JOURNAL.select(kind, handler)
 
     @rpc
-    def wait_for(self, n, timeout=5, kind=None):
-        return JOURNAL.wait_for(n, timeout, kind)
+    def wait_for(self, n, timeout=5, kind=None, handler=None):
+        return JOURNAL.wait_for(n, timeout, kind, handler)
 
 
 SERVICES = {
