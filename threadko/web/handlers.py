@@ -1,0 +1,176 @@
+"""The ``@http`` entrypoint.
+
+::
+
+    class Hello:
+        name = "hello"
+
+        @http("GET", "/hello/<string:name>")
+        def greet(self, request, name):
+            return "Hello, {}!".format(name)
+
+The method gets the werkzeug ``Request`` and the url's values as keyword
+arguments, and returns one of:
+
+- a string or bytes: the body of a 200 response;
+- ``(status, body)``;
+- ``(status, headers, body)``, headers as a dict or a list of pairs;
+- a werkzeug ``Response``, sent as it is.
+
+Exceptions become responses in :meth:`HttpRequestHandler.response_from_exception`:
+400 for ``expected_exceptions`` and :class:`~threadko.exceptions.BadRequest`,
+a werkzeug ``HTTPException`` (``abort(404)``, a malformed JSON body) as
+itself, 500 otherwise; the body names the exception, never the traceback.
+
+Each request runs in a worker of the container's pool, like any entrypoint:
+at most ``max_workers`` at once, the request waiting for a free slot.
+"""
+
+import threading
+
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Rule
+from werkzeug.wrappers import Response
+
+from threadko.exceptions import BadRequest, ContainerBeingKilled, serialize
+from threadko.extensions import Entrypoint
+from threadko.web.server import WebServer
+
+__all__ = ['HttpRequestHandler', 'http']
+
+
+class _PendingResponse:
+    """Where a worker's outcome meets the request thread waiting for it."""
+
+    __slots__ = ('_event', 'result', 'exc_info')
+
+    def __init__(self):
+        self._event = threading.Event()
+        self.result = None
+        self.exc_info = None
+
+    def handle_result(self, worker_ctx, result, exc_info):
+        self.result, self.exc_info = result, exc_info
+        self._event.set()
+        return result, exc_info
+
+    def fail(self, exc):
+        self.exc_info = (type(exc), exc, None)
+        self._event.set()
+
+    def get(self):
+        self._event.wait()
+        if self.exc_info is not None:
+            raise self.exc_info[1]
+        return self.result
+
+
+class HttpRequestHandler(Entrypoint):
+    """The ``@http(method, url)`` entrypoint.
+
+    :param method: an HTTP method, or several joined by commas
+        (``"GET,POST"``)
+    :param url: a werkzeug url rule, e.g. ``/items/<int:item_id>``
+    :param expected_exceptions: exceptions answered with 400
+    """
+
+    server = WebServer()
+
+    def __init__(self, method, url, **kwargs):
+        self.method = method
+        self.url = url
+        self._stopping = False
+        self._pending = set()
+        self._pending_lock = threading.Lock()
+        super().__init__(**kwargs)
+
+    def get_url_rule(self):
+        """The werkzeug ``Rule`` this entrypoint answers."""
+        methods = [method.strip().upper()
+                   for method in self.method.split(',') if method.strip()]
+        return Rule(self.url, methods=methods)
+
+    def setup(self):
+        self.server.register_provider(self)
+
+    def stop(self):
+        # requests arriving from now on get 503; the ones already in
+        # workers finish before the container's stop() returns
+        self._stopping = True
+        self.server.unregister_provider(self)
+
+    def kill(self):
+        self._stopping = True
+        self.server.unregister_provider(self)
+        # killed workers never report: release their request threads
+        with self._pending_lock:
+            pending, self._pending = self._pending, set()
+        for item in pending:
+            item.fail(ContainerBeingKilled())
+
+    def get_entrypoint_parameters(self, request):
+        """``(args, kwargs)`` for the service method: the request, and the
+        values parsed from the url."""
+        return (request,), dict(request.path_values)
+
+    def handle_request(self, request):
+        """Run a worker for ``request`` and return its response."""
+        request.shallow = False
+        pending = _PendingResponse()
+        try:
+            if self._stopping:
+                raise ContainerBeingKilled()
+            context_data = self.server.context_data_from_headers(request)
+            args, kwargs = self.get_entrypoint_parameters(request)
+            self.check_signature(args, kwargs)
+            with self._pending_lock:
+                self._pending.add(pending)
+            self.container.spawn_worker(
+                self, args, kwargs, context_data=context_data,
+                handle_result=pending.handle_result)
+            response = self.response_from_result(pending.get())
+        except Exception as exc:
+            response = self.response_from_exception(exc)
+        finally:
+            with self._pending_lock:
+                self._pending.discard(pending)
+        return response
+
+    def response_from_result(self, result):
+        """Turn a method's return value into a ``Response``."""
+        if isinstance(result, Response):
+            return result
+        headers = None
+        if isinstance(result, tuple):
+            if len(result) == 3:
+                status, headers, payload = result
+            else:
+                status, payload = result
+        else:
+            status, payload = 200, result
+        if not isinstance(payload, (str, bytes)):
+            raise TypeError(
+                'An @http method must return a string or bytes body (or a '
+                'Response); got {!r}'.format(payload))
+        return Response(payload, status=status, headers=headers)
+
+    def response_from_exception(self, exc):
+        """Turn an exception into a ``Response``. Override it for other
+        error formats (JSON, say)."""
+        if isinstance(exc, HTTPException):
+            return exc.get_response()
+        if isinstance(exc, ContainerBeingKilled):
+            return Response(
+                'Error: the service is stopping\n', status=503,
+                headers={'Retry-After': '1'})
+        if isinstance(exc, self.expected_exceptions) or isinstance(
+                exc, BadRequest):
+            status = 400
+        else:
+            status = 500
+        error = serialize(exc)
+        return Response(
+            'Error: {exc_type}: {value}\n'.format(**error), status=status)
+
+
+http = HttpRequestHandler.decorator

@@ -1,0 +1,115 @@
+"""Serving ``@http`` routes from any WSGI server, beside other WSGI apps.
+
+:class:`ServiceApp` runs services inside a WSGI process and is itself the
+WSGI application for their ``@http`` routes::
+
+    # wsgi.py
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+    from threadko.web.wsgi import ServiceApp
+
+    services = ServiceApp([Orders, Payments], {"AMQP_URI": "amqp://..."})
+    application = DispatcherMiddleware(flask_app, {"/api": services})
+
+The services start on the first request (or on :meth:`ServiceApp.start`),
+once, however many server threads race to it, and stop when the process
+exits (or on :meth:`ServiceApp.stop`). They do not open a port of their
+own: the hosting WSGI server serves their routes.
+
+:func:`wsgi_app` gives the routes of containers you run yourself.
+"""
+
+import atexit
+import threading
+
+from threadko.configuration import config as global_config
+from threadko.constants import WEB_SERVER_CONFIG_KEY
+from threadko.runners import ServiceRunner
+from threadko.web.handlers import HttpRequestHandler
+from threadko.web.server import (
+    DEFAULT_MAX_REQUEST_BODY_SIZE, MAX_REQUEST_BODY_SIZE_CONFIG_KEY, Router,
+)
+
+__all__ = ['ServiceApp', 'wsgi_app']
+
+
+def _http_entrypoints(containers):
+    return [entrypoint for container in containers
+            for entrypoint in container.entrypoints
+            if isinstance(entrypoint, HttpRequestHandler)]
+
+
+def wsgi_app(*containers, max_request_body_size=DEFAULT_MAX_REQUEST_BODY_SIZE):
+    """A WSGI application routing to the ``@http`` entrypoints of
+    ``containers`` (:class:`~threadko.containers.ServiceContainer` objects,
+    or runners, whose containers are taken). Start the containers before
+    it serves requests; requests reaching a stopped one get 503."""
+    flat = []
+    for item in containers:
+        flat.extend(getattr(item, 'containers', None) or [item])
+    router = Router(max_request_body_size)
+    router.add(_http_entrypoints(flat))
+    return router
+
+
+class ServiceApp:
+    """Services running in this WSGI process, and the WSGI application
+    serving their ``@http`` routes.
+
+    :param services: service classes
+    :param config: config dict; default: the global :data:`threadko.config`.
+        ``WEB_SERVER_ADDRESS`` defaults to ``None`` here (no listening
+        socket of the services' own); set it to serve on a port as well.
+    :param stop_at_exit: stop the services when the interpreter exits
+    """
+
+    def __init__(self, services, config=None, stop_at_exit=True):
+        config = dict(global_config if config is None else config)
+        config.setdefault(WEB_SERVER_CONFIG_KEY, None)
+        self.config = config
+        self.runner = ServiceRunner(config)
+        for service_cls in services:
+            self.runner.add_service(service_cls)
+        self.stop_at_exit = stop_at_exit
+        self._router = wsgi_app(self.runner, max_request_body_size=config.get(
+            MAX_REQUEST_BODY_SIZE_CONFIG_KEY, DEFAULT_MAX_REQUEST_BODY_SIZE))
+        self._lock = threading.Lock()
+        self._started = False
+
+    @property
+    def started(self):
+        return self._started
+
+    def start(self):
+        """Start the services (once; later calls return at once)."""
+        if self._started:
+            return
+        with self._lock:
+            if self._started:
+                return
+            self.runner.start()
+            if self.stop_at_exit:
+                atexit.register(self.stop)
+            self._started = True
+
+    def stop(self):
+        """Stop the services gracefully: requests in flight finish. The
+        app can be started again."""
+        with self._lock:
+            if not self._started:
+                return
+            self._started = False
+            if self.stop_at_exit:
+                atexit.unregister(self.stop)
+            self.runner.stop()
+
+    def __call__(self, environ, start_response):
+        if not self._started:
+            self.start()
+        return self._router(environ, start_response)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, exc_type, exc_value, traceback):
+        self.stop()
