@@ -158,6 +158,9 @@ class HttpSite:
         :param workers: how many requests ``user`` may serve at once
         :raises ConfigurationError: the address cannot be bound
         """
+        # "" and "0.0.0.0" are the same socket
+        bind_address = BindAddress(
+            bind_address.address or '0.0.0.0', bind_address.port)
         with cls._sites_lock:
             site = cls._sites.get(bind_address)
             if site is None:
