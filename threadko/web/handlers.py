@@ -93,6 +93,9 @@ class HttpRequestHandler(Entrypoint):
     def setup(self):
         self.server.register_provider(self)
 
+    def start(self):
+        self._stopping = False  # after a restart
+
     def stop(self):
         # requests arriving from now on get 503; the ones already in
         # workers finish before the container's stop() returns

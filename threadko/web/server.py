@@ -253,9 +253,11 @@ class _WaitressServer:
             self._server = create_server(
                 app, host=host, port=bind_address.port,
                 _dispatcher=self.threads, ident='threadko',
-                max_request_body_size=config.get(
+                # waitress refuses bodies of its limit or more; ours are
+                # over the limit
+                max_request_body_size=(config.get(
                     MAX_REQUEST_BODY_SIZE_CONFIG_KEY,
-                    DEFAULT_MAX_REQUEST_BODY_SIZE) or 2 ** 62,
+                    DEFAULT_MAX_REQUEST_BODY_SIZE) or 2 ** 62) + 1,
                 clear_untrusted_proxy_headers=False)
         except OSError as exc:
             self.threads.shutdown(timeout=1)
@@ -270,6 +272,10 @@ class _WaitressServer:
             STOP_TIMEOUT_CONFIG_KEY, DEFAULT_STOP_TIMEOUT))
         self._draining = False
         self._deadline = None
+        # the server thread closes the trigger when it ends; nobody may
+        # pull it after that (its file descriptor may be reused)
+        self._trigger_lock = threading.Lock()
+        self._trigger_closed = False
         self._thread = threading.Thread(
             target=self._run, daemon=True,
             name='threadko-web-server-{}'.format(self.port))
@@ -285,9 +291,16 @@ class _WaitressServer:
         loop = server.asyncore.loop
         while not self._drained():
             loop(timeout=0.5, map=socket_map, count=1)
-        for channel in list(socket_map.values()):
-            channel.close()  # idle keep-alive connections, and the trigger
-        socket_map.clear()
+        with self._trigger_lock:
+            self._trigger_closed = True
+            for channel in list(socket_map.values()):
+                channel.close()  # idle keep-alive connections, the trigger
+            socket_map.clear()
+
+    def _wake(self, thunk=None):
+        with self._trigger_lock:
+            if not self._trigger_closed:
+                self._server.trigger.pull_trigger(thunk)
 
     def _drained(self):
         # runs on the server thread, between loop iterations
@@ -313,9 +326,9 @@ class _WaitressServer:
             wasyncore.dispatcher.close(self._server)
             self._draining = True
 
-        self._server.trigger.pull_trigger(close_listener)
+        self._wake(close_listener)
         self.threads.wait_idle(timeout)
-        self._server.trigger.pull_trigger()  # re-check, now idle
+        self._wake()  # re-check, now idle
         self._thread.join(timeout + 1)
         self.threads.shutdown(timeout=1)
 
@@ -346,6 +359,9 @@ class WebServer(ProviderCollector, SharedExtension):
         except ConfigurationError:
             site.release(self, timeout=0)
             raise
+        # entrypoints unregister before this extension stops: remember
+        # what to take out of the router then
+        self._routed = providers
         self.site = site
 
     def stop(self):
@@ -357,7 +373,7 @@ class WebServer(ProviderCollector, SharedExtension):
     def _leave(self, timeout):
         site, self.site = self.site, None
         if site is not None:
-            site.router.remove(self.providers)
+            site.router.remove(self._routed)
             site.release(self, timeout)
 
     @property
