@@ -286,3 +286,12 @@ def test_service_app_with_rpc_between_its_services(
         assert (reply.status, reply.text) == (200, 'n=4 even=True')
         reply = fetch(port, 'GET', '/api/describe/7')
         assert (reply.status, reply.text) == (200, 'n=7 even=False')
+
+
+def test_wsgi_app_of_a_runner_without_services_answers_404():
+    from werkzeug.test import Client
+    from threadko.runners import ServiceRunner
+    from threadko.web.wsgi import wsgi_app
+
+    response = Client(wsgi_app(ServiceRunner({}))).get('/anything')
+    assert response.status_code == 404

@@ -219,6 +219,160 @@ def web_config_port(web_config):
     return int(web_config[WEB_SERVER_CONFIG_KEY].rsplit(':', 1)[-1])
 
 
+@pytest.fixture
+def web_session(web_config_port):
+    """An HTTP client for the services of :func:`web_config`, in the
+    manner of Nameko's ``requests.Session`` (threadko does not depend on
+    ``requests``)::
+
+        def test_get(container_factory, web_config, web_session):
+            container_factory(HttpService).start()
+            response = web_session.get("/get/42")
+            assert response.status_code == 200
+            assert response.json() == {"value": 42}
+
+    ``get``, ``post``, ``put``, ``patch``, ``delete``, ``head``,
+    ``options`` and ``request(method, url, ...)`` take a url relative to
+    ``http://127.0.0.1:<web_config_port>/`` (or a full one) and the
+    keyword arguments ``params`` (query string values), ``data`` (bytes,
+    text, or a dict sent as a form), ``json`` (sent as JSON),
+    ``headers``, ``timeout`` (seconds, default 30) and
+    ``allow_redirects`` (default ``True``). They return a response with
+    ``status_code``, ``reason``, ``headers`` (case-insensitive),
+    ``content`` (bytes), ``text``, ``json()``, ``ok`` and ``url``.
+    Every request uses a connection of its own, so the session can be
+    shared by several threads.
+    """
+    return _WebSession('http://127.0.0.1:{}/'.format(web_config_port))
+
+
+class _WebResponse:
+    """What :func:`web_session` returns for a request."""
+
+    def __init__(self, url, status_code, reason, headers, content):
+        self.url = url
+        self.status_code = status_code
+        self.reason = reason
+        self.headers = headers
+        self.content = content
+
+    @property
+    def ok(self):
+        return self.status_code < 400
+
+    @property
+    def text(self):
+        charset = self.headers.get_content_charset() or 'utf-8'
+        return self.content.decode(charset, errors='replace')
+
+    def json(self):
+        import json
+
+        return json.loads(self.content)
+
+    def __repr__(self):
+        return '<Response [{}]>'.format(self.status_code)
+
+
+def _default_content_type(headers, content_type):
+    if not any(key.lower() == 'content-type' for key in headers):
+        headers['Content-Type'] = content_type
+
+
+class _WebSession:
+    """The client :func:`web_session` provides."""
+
+    #: at most this many redirects are followed for one request
+    max_redirects = 10
+    #: seconds a request may take unless ``timeout=`` says otherwise
+    timeout = 30
+
+    def __init__(self, base_url):
+        self.base_url = base_url
+
+    def request(self, method, url, params=None, data=None, json=None,
+                headers=None, timeout=None, allow_redirects=True):
+        import json as jsonlib
+        from urllib.parse import urlencode, urljoin
+
+        url = urljoin(self.base_url, url)
+        if params:
+            url += ('&' if '?' in url else '?') + urlencode(params, True)
+        headers = dict(headers or {})
+        body = data
+        if json is not None:
+            body = jsonlib.dumps(json).encode('utf-8')
+            _default_content_type(headers, 'application/json')
+        elif isinstance(data, dict):
+            body = urlencode(data, True).encode('ascii')
+            _default_content_type(
+                headers, 'application/x-www-form-urlencoded')
+        elif isinstance(data, str):
+            body = data.encode('utf-8')
+        timeout = self.timeout if timeout is None else timeout
+
+        method = method.upper()
+        for _ in range(self.max_redirects + 1):
+            response = self._send(method, url, body, headers, timeout)
+            location = response.headers.get('Location')
+            if not (allow_redirects and location
+                    and response.status_code in (301, 302, 303, 307, 308)):
+                return response
+            url = urljoin(url, location)
+            if response.status_code in (301, 302, 303) and method != 'HEAD':
+                # as browsers (and requests) do: the redirect is a GET
+                method, body = 'GET', None
+                headers = {key: value for key, value in headers.items()
+                           if key.lower() != 'content-type'}
+        raise AssertionError('more than {} redirects, the last to {}'.format(
+            self.max_redirects, url))
+
+    @staticmethod
+    def _send(method, url, body, headers, timeout):
+        import http.client
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        connection_cls = (http.client.HTTPSConnection
+                          if parts.scheme == 'https'
+                          else http.client.HTTPConnection)
+        connection = connection_cls(parts.netloc, timeout=timeout)
+        try:
+            path = parts.path or '/'
+            if parts.query:
+                path += '?' + parts.query
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            content = response.read()
+            return _WebResponse(url, response.status, response.reason,
+                                response.headers, content)
+        finally:
+            connection.close()
+
+    def get(self, url, **kwargs):
+        return self.request('GET', url, **kwargs)
+
+    def post(self, url, data=None, json=None, **kwargs):
+        return self.request('POST', url, data=data, json=json, **kwargs)
+
+    def put(self, url, data=None, **kwargs):
+        return self.request('PUT', url, data=data, **kwargs)
+
+    def patch(self, url, data=None, **kwargs):
+        return self.request('PATCH', url, data=data, **kwargs)
+
+    def delete(self, url, **kwargs):
+        return self.request('DELETE', url, **kwargs)
+
+    def head(self, url, **kwargs):
+        # as requests does, HEAD does not follow redirects by default
+        kwargs.setdefault('allow_redirects', False)
+        return self.request('HEAD', url, **kwargs)
+
+    def options(self, url, **kwargs):
+        return self.request('OPTIONS', url, **kwargs)
+
+
 def _random_vhost():
     return 'threadko_test_' + ''.join(
         random.choice(string.ascii_lowercase) for _ in range(10))

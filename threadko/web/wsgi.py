@@ -45,7 +45,9 @@ def wsgi_app(*containers, max_request_body_size=DEFAULT_MAX_REQUEST_BODY_SIZE):
     it serves requests; requests reaching a stopped one get 503."""
     flat = []
     for item in containers:
-        flat.extend(getattr(item, 'containers', None) or [item])
+        runner_containers = getattr(item, 'containers', None)
+        flat.extend([item] if runner_containers is None
+                    else runner_containers)
     router = Router(max_request_body_size)
     router.add(_http_entrypoints(flat))
     return router
