@@ -523,3 +523,25 @@ def test_stopping_the_server_never_raises(local_config, fetch, port_of):
             container.kill()
     assert not failures, '{} of 50 stops raised {!r}'.format(
         len(failures), failures[0])
+
+
+def test_a_long_keep_alive_connection_and_a_prompt_stop_after_it(
+        local_config, port_of):
+    """Many requests on one keep-alive connection all succeed, and stopping
+    afterwards does not wait for the stop timeout (nothing is in flight)."""
+    config = dict(local_config, WEB_SERVER_STOP_TIMEOUT=30)
+    container = ServiceContainer(make_service('svc', '/x'), config)
+    container.start()
+    connection = httpclient.HTTPConnection(
+        '127.0.0.1', port_of(container), timeout=WAIT)
+    try:
+        for _ in range(1500):
+            connection.request('GET', '/x')
+            response = connection.getresponse()
+            assert response.status == 200
+            assert response.read() == b'svc /x'
+    finally:
+        connection.close()
+    started = time.monotonic()
+    container.stop()
+    assert time.monotonic() - started < 5

@@ -216,31 +216,44 @@ class _RequestThreads(ThreadedTaskDispatcher):
     def add_task(self, task):
         with self._idle:
             self._in_flight += 1
-        service, cancel = task.service, task.cancel
+        # waitress hands in the same channel for every request of a
+        # keep-alive connection: wrap, never modify it
+        super().add_task(_CountedTask(task, self._task_done))
 
-        def done():
-            with self._idle:
-                self._in_flight -= 1
-                self._idle.notify_all()
-
-        def counted_service():
-            try:
-                service()
-            finally:
-                done()
-
-        def counted_cancel():
-            try:
-                cancel()
-            finally:
-                done()
-
-        task.service, task.cancel = counted_service, counted_cancel
-        super().add_task(task)
+    def _task_done(self):
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
 
     def wait_idle(self, timeout):
         with self._idle:
             return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
+
+class _CountedTask:
+    """A waitress task that reports when it has been serviced or
+    cancelled."""
+
+    __slots__ = ('task', 'done')
+
+    def __init__(self, task, done):
+        self.task = task
+        self.done = done
+
+    def service(self):
+        try:
+            self.task.service()
+        finally:
+            self.done()
+
+    def cancel(self):
+        try:
+            self.task.cancel()
+        finally:
+            self.done()
+
+    def __repr__(self):
+        return repr(self.task)
 
 
 class _WaitressServer:
