@@ -1,3 +1,4 @@
+import inspect
 import threading
 
 import pytest
@@ -169,6 +170,20 @@ def test_check_signature_raises_incorrect_signature():
         entrypoint.check_signature((), {})
     with pytest.raises(IncorrectSignature, match='unexpected'):
         entrypoint.check_signature((1,), {'c': 3})
+
+
+def test_check_signature_words_errors_as_nameko_does():
+    # Nameko callers see inspect.getcallargs' wording
+    container = make_container()
+    entrypoint = next(iter(container.entrypoints))
+    method = getattr(container.service_cls, entrypoint.method_name)
+    try:
+        inspect.getcallargs(method, None, 1, 2, 3, 4)
+    except TypeError as exc:
+        expected = str(exc)
+    with pytest.raises(IncorrectSignature) as raised:
+        entrypoint.check_signature((1, 2, 3, 4), {})
+    assert str(raised.value) == expected
 
 
 def test_sensitive_variables_is_a_deprecated_alias():

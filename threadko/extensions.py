@@ -238,6 +238,9 @@ class Entrypoint(Extension):
     """
 
     method_name = None
+    # method -> inspect.Signature, for check_signature (computing it takes
+    # longer than the check itself)
+    _signatures = weakref.WeakKeyDictionary()
 
     def __init__(self, expected_exceptions=(), sensitive_arguments=(),
                  **kwargs):
@@ -261,12 +264,19 @@ class Entrypoint(Extension):
     def check_signature(self, args, kwargs):
         """Raise :class:`~threadko.exceptions.IncorrectSignature` unless the
         method accepts ``(*args, **kwargs)``."""
-        service_cls = self.container.service_cls
-        fn = getattr(service_cls, self.method_name)
+        fn = getattr(self.container.service_cls, self.method_name)
+        signature = self._signatures.get(fn)
+        if signature is None:
+            signature = self._signatures[fn] = inspect.signature(fn)
         try:
-            inspect.getcallargs(fn, None, *args, **kwargs)
-        except TypeError as exc:
-            raise IncorrectSignature(str(exc))
+            signature.bind(None, *args, **kwargs)  # fast: cached signature
+        except TypeError:
+            # getcallargs words the error as Nameko does
+            try:
+                inspect.getcallargs(fn, None, *args, **kwargs)
+            except TypeError as exc:
+                raise IncorrectSignature(str(exc))
+            raise  # the two disagree: let the caller see why
 
     @classmethod
     def decorator(cls, *args, **kwargs):
