@@ -499,6 +499,36 @@ class ServiceContainer:
             raise
         return worker_ctx
 
+    def run_worker(self, entrypoint, args, kwargs, context_data=None,
+                   handle_result=None):
+        """Like :meth:`spawn_worker`, but run the worker on the calling
+        thread and return its :class:`WorkerContext` when it is done.
+
+        For entrypoints whose caller would only wait for the worker anyway
+        (an HTTP request thread): it saves two thread switches per call.
+        The worker still takes one of the ``max_workers`` slots (blocking
+        while none is free), gets a fresh ``contextvars`` context, and runs
+        the same lifecycle; ``stop()`` waits for it like any other.
+
+        :raises ContainerBeingKilled: as :meth:`spawn_worker`
+        """
+        if self._being_killed:
+            _log.info('Worker spawn prevented due to being killed')
+            raise ContainerBeingKilled()
+        self._worker_slots.acquire()
+        try:
+            service = self.service_cls()
+            worker_ctx = WorkerContext(
+                self, service, entrypoint, args, kwargs, data=context_data)
+        except BaseException:
+            self._worker_slots.release()
+            raise
+        _log.debug('running %s inline', worker_ctx)
+        # releases the slot when done
+        contextvars.Context().run(
+            self._run_worker_thread, worker_ctx, handle_result)
+        return worker_ctx
+
     def _run_worker_thread(self, worker_ctx, handle_result):
         try:
             self._run_worker(worker_ctx, handle_result)

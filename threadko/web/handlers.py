@@ -22,11 +22,12 @@ Exceptions become responses in :meth:`HttpRequestHandler.response_from_exception
 a werkzeug ``HTTPException`` (``abort(404)``, a malformed JSON body) as
 itself, 500 otherwise; the body names the exception, never the traceback.
 
-Each request runs in a worker of the container's pool, like any entrypoint:
-at most ``max_workers`` at once, the request waiting for a free slot.
+Each request runs a worker, like any entrypoint: at most ``max_workers`` at
+once, the request waiting for a free slot. The worker runs on the request's
+own thread (see :meth:`~threadko.containers.ServiceContainer.run_worker`),
+which saves two thread switches per request.
 """
 
-import threading
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Rule
@@ -39,27 +40,24 @@ from threadko.web.server import WebServer
 __all__ = ['HttpRequestHandler', 'http']
 
 
-class _PendingResponse:
-    """Where a worker's outcome meets the request thread waiting for it."""
+class _Outcome:
+    """A worker's result, captured by its ``handle_result``."""
 
-    __slots__ = ('_event', 'result', 'exc_info')
+    __slots__ = ('done', 'result', 'exc_info')
 
     def __init__(self):
-        self._event = threading.Event()
+        self.done = False
         self.result = None
         self.exc_info = None
 
     def handle_result(self, worker_ctx, result, exc_info):
-        self.result, self.exc_info = result, exc_info
-        self._event.set()
+        self.done, self.result, self.exc_info = True, result, exc_info
         return result, exc_info
 
-    def fail(self, exc):
-        self.exc_info = (type(exc), exc, None)
-        self._event.set()
-
     def get(self):
-        self._event.wait()
+        if not self.done:
+            # the container was killed while the worker ran
+            raise ContainerBeingKilled()
         if self.exc_info is not None:
             raise self.exc_info[1]
         return self.result
@@ -80,8 +78,6 @@ class HttpRequestHandler(Entrypoint):
         self.method = method
         self.url = url
         self._stopping = False
-        self._pending = set()
-        self._pending_lock = threading.Lock()
         super().__init__(**kwargs)
 
     def get_url_rule(self):
@@ -105,11 +101,6 @@ class HttpRequestHandler(Entrypoint):
     def kill(self):
         self._stopping = True
         self.server.unregister_provider(self)
-        # killed workers never report: release their request threads
-        with self._pending_lock:
-            pending, self._pending = self._pending, set()
-        for item in pending:
-            item.fail(ContainerBeingKilled())
 
     def get_entrypoint_parameters(self, request):
         """``(args, kwargs)`` for the service method: the request, and the
@@ -119,24 +110,21 @@ class HttpRequestHandler(Entrypoint):
     def handle_request(self, request):
         """Run a worker for ``request`` and return its response."""
         request.shallow = False
-        pending = _PendingResponse()
         try:
             if self._stopping:
                 raise ContainerBeingKilled()
             context_data = self.server.context_data_from_headers(request)
             args, kwargs = self.get_entrypoint_parameters(request)
             self.check_signature(args, kwargs)
-            with self._pending_lock:
-                self._pending.add(pending)
-            self.container.spawn_worker(
+            outcome = _Outcome()
+            # the request thread would only wait for a pool thread: run
+            # the worker here (it still takes a max_workers slot)
+            self.container.run_worker(
                 self, args, kwargs, context_data=context_data,
-                handle_result=pending.handle_result)
-            response = self.response_from_result(pending.get())
+                handle_result=outcome.handle_result)
+            response = self.response_from_result(outcome.get())
         except Exception as exc:
             response = self.response_from_exception(exc)
-        finally:
-            with self._pending_lock:
-                self._pending.discard(pending)
         return response
 
     def response_from_result(self, result):
