@@ -801,3 +801,48 @@ def test_context_data_and_config_providers_inject_values(containers):
     assert config == {'FOO': 'bar'}
     config['FOO'] = 'changed'  # a copy: the container's config is intact
     assert container.config['FOO'] == 'bar'
+
+
+def test_run_worker_runs_on_the_calling_thread_holding_a_slot(containers):
+    seen = {}
+    release = threading.Event()
+
+    class Svc:
+        name = 'svc'
+
+        @fire
+        def blocking(self):
+            release.wait(WAIT)
+
+        @fire
+        def method(self, value):
+            seen['thread'] = threading.current_thread()
+            return value * 2
+
+    container = containers(Svc, {'max_workers': 1})
+    container.start()
+    results = []
+    worker_ctx = container.run_worker(
+        entrypoint_for(container, 'method'), (21,), {},
+        handle_result=lambda ctx, result, exc_info: (
+            results.append(result) or (result, exc_info)))
+    assert seen['thread'] is threading.current_thread()
+    assert results == [42]
+    assert worker_ctx.args == (21,)
+
+    # the only slot is taken: run_worker waits for it like spawn_worker
+    busy = entrypoint_for(container, 'blocking').fire()
+    done = threading.Event()
+    caller = threading.Thread(
+        target=lambda: (container.run_worker(
+            entrypoint_for(container, 'method'), (1,), {}), done.set()),
+        name='test-inline-caller')
+    caller.start()
+    assert not done.wait(0.2)
+    release.set()
+    busy.result()
+    assert done.wait(WAIT)
+    caller.join(WAIT)
+    container.stop()
+    with pytest.raises(ContainerBeingKilled):
+        container.run_worker(entrypoint_for(container, 'method'), (1,), {})
