@@ -477,16 +477,9 @@ class ServiceContainer:
         :raises ContainerBeingKilled: the container is being killed or has
             stopped; react as if the work had never arrived.
         """
-        if self._being_killed:
-            _log.info('Worker spawn prevented due to being killed')
-            raise ContainerBeingKilled()
-
-        self._worker_slots.acquire()
+        worker_ctx = self._new_worker(entrypoint, args, kwargs, context_data)
+        _log.debug('spawning %s', worker_ctx)
         try:
-            service = self.service_cls()
-            worker_ctx = WorkerContext(
-                self, service, entrypoint, args, kwargs, data=context_data)
-            _log.debug('spawning %s', worker_ctx)
             # a fresh contextvars context per worker: nothing set by one
             # worker leaks into the next one that reuses the pool thread
             self._worker_pool.submit(
@@ -512,22 +505,30 @@ class ServiceContainer:
 
         :raises ContainerBeingKilled: as :meth:`spawn_worker`
         """
+        worker_ctx = self._new_worker(entrypoint, args, kwargs, context_data)
+        _log.debug('running %s inline', worker_ctx)
+        # releases the slot when done
+        contextvars.Context().run(
+            self._run_worker_thread, worker_ctx, handle_result)
+        return worker_ctx
+
+    def _new_worker(self, entrypoint, args, kwargs, context_data):
+        """Take a worker slot (blocking while none is free) and make the
+        worker's context; whoever gets it must run it, which releases the
+        slot."""
         if self._being_killed:
             _log.info('Worker spawn prevented due to being killed')
             raise ContainerBeingKilled()
         self._worker_slots.acquire()
         try:
             service = self.service_cls()
-            worker_ctx = WorkerContext(
+            return WorkerContext(
                 self, service, entrypoint, args, kwargs, data=context_data)
         except BaseException:
             self._worker_slots.release()
+            if self._being_killed:
+                raise ContainerBeingKilled()
             raise
-        _log.debug('running %s inline', worker_ctx)
-        # releases the slot when done
-        contextvars.Context().run(
-            self._run_worker_thread, worker_ctx, handle_result)
-        return worker_ctx
 
     def _run_worker_thread(self, worker_ctx, handle_result):
         try:
