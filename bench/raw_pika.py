@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import select
-import statistics
 import subprocess
 import sys
 import threading
@@ -45,6 +44,11 @@ import uuid
 
 import pika
 import pika.exceptions
+
+# the repository root, for the measurements shared with bench/rpc.py
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+from bench.measure import sequential_calls  # noqa: E402
 
 RPC_EXCHANGE = 'nameko-rpc'
 REPLY_QUEUE_TTL = 300000  # ms, as Nameko's reply queues
@@ -422,19 +426,7 @@ class RawRpcClient:
 
 def rpc_seq(client, calls):
     """``calls`` sequential calls: calls/s, p50 and p99 latency."""
-    latencies = []
-    start = time.perf_counter()
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        client.call('payload')
-        latencies.append(time.perf_counter() - t0)
-    elapsed = time.perf_counter() - start
-    latencies.sort()
-    return {
-        'calls_per_s': calls / elapsed,
-        'p50_ms': statistics.median(latencies) * 1000,
-        'p99_ms': latencies[int(len(latencies) * 0.99) - 1] * 1000,
-    }
+    return sequential_calls(lambda: client.call('payload'), calls)
 
 
 def rpc_par(client, in_flight, duration):

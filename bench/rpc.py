@@ -20,7 +20,6 @@ The payload is a short string and the defaults users get are kept
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from bench.measure import sequential_calls  # noqa: E402
 from threadko.rpc import rpc  # noqa: E402
 from threadko.standalone.rpc import ClusterRpcProxy  # noqa: E402
 
@@ -71,19 +71,7 @@ def wait_until_answering(proxy, deadline=60):
 
 
 def rpc_seq(proxy, calls):
-    latencies = []
-    start = time.perf_counter()
-    for i in range(calls):
-        t0 = time.perf_counter()
-        proxy.bench_echo.echo('payload')
-        latencies.append(time.perf_counter() - t0)
-    elapsed = time.perf_counter() - start
-    latencies.sort()
-    return {
-        'calls_per_s': calls / elapsed,
-        'p50_ms': statistics.median(latencies) * 1000,
-        'p99_ms': latencies[int(len(latencies) * 0.99) - 1] * 1000,
-    }
+    return sequential_calls(lambda: proxy.bench_echo.echo('payload'), calls)
 
 
 def rpc_par(proxy, in_flight, duration):
