@@ -16,7 +16,6 @@ Handlers record what they got: threadko ones in a :class:`Received`, the
 Nameko ones (``nameko_peer/services.py``) in a journal read over RPC.
 """
 
-import re
 import types
 
 import pytest
@@ -24,12 +23,12 @@ import pytest
 from threadko.events import (
     BROADCAST, SINGLETON, EventDispatcher, EventHandler, event_handler,
 )
-from threadko.extensions import DependencyProvider
 from threadko.messaging import Exchange, Publisher, Queue, consume
 from threadko.standalone.events import event_dispatcher
 from threadko.standalone.rpc import ClusterRpcProxy
 
 from support import BROKER_WAIT, Received, fire, queue_state, until
+from interop_support import STANDALONE_CALL_ID, Worker, call_id_of
 
 WAIT = 10  # seconds a Nameko-side wait may take (RPC timeouts are longer)
 
@@ -62,25 +61,7 @@ NAMEKO_LISTENER_QUEUES = {
 }
 NAMEKO_HANDLERS = sorted(NAMEKO_LISTENER_QUEUES)
 
-UUID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
-STANDALONE_CALL_ID = re.compile(
-    r'^standalone_rpc_proxy\.call\.{}$'.format(UUID))
-
-
-def call_id_of(service, method):
-    """A regex for the call ids of ``service.method`` workers."""
-    return re.compile(r'^{}\.{}\.{}$'.format(
-        re.escape(service), re.escape(method), UUID))
-
-
 # -- threadko services --
-
-
-class Worker(DependencyProvider):
-    """Injects the worker context itself."""
-
-    def get_dependency(self, worker_ctx):
-        return worker_ctx
 
 
 def note(received, worker_ctx, data):

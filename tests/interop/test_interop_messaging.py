@@ -11,15 +11,14 @@ Bodies arrive as the argument; headers -- the publisher's custom ones and
 the publishing worker's context data (``nameko.*``) -- as context data.
 """
 
-import re
 
 import pytest
 
-from threadko.extensions import DependencyProvider
 from threadko.messaging import Exchange, Publisher, Queue, consume
 from threadko.standalone.rpc import ClusterRpcProxy
 
 from support import BROKER_WAIT, Received, fire
+from interop_support import STANDALONE_CALL_ID, Worker, call_id_of
 
 WAIT = 10  # seconds a Nameko-side wait may take (RPC timeouts are longer)
 
@@ -57,24 +56,6 @@ HEADERS_AS_CONTEXT = {
     'x-ok': True,
     'tenant': 'acme',
 }
-
-UUID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
-STANDALONE_CALL_ID = re.compile(
-    r'^standalone_rpc_proxy\.call\.{}$'.format(UUID))
-
-
-def call_id_of(service, method):
-    """A regex for the call ids of ``service.method`` workers."""
-    return re.compile(r'^{}\.{}\.{}$'.format(
-        re.escape(service), re.escape(method), UUID))
-
-
-class Worker(DependencyProvider):
-    """Injects the worker context itself."""
-
-    def get_dependency(self, worker_ctx):
-        return worker_ctx
-
 
 @pytest.fixture
 def start_threadko(container_factory, rabbit_config):

@@ -9,7 +9,6 @@
    client.
 """
 
-import re
 import threading
 from collections import defaultdict
 
@@ -21,6 +20,8 @@ from threadko.exceptions import (
 from threadko.extensions import DependencyProvider
 from threadko.rpc import RpcProxy, rpc
 from threadko.standalone.rpc import ClusterRpcProxy
+
+from interop_support import STANDALONE_CALL_ID, Worker, call_id_of
 
 WAIT = 10  # seconds any single call may take
 
@@ -49,25 +50,7 @@ LONG_STACK = ['upstream.call.{}'.format(n) for n in range(15)]
 #: floats in context data: AMQP doubles in headers when Nameko sends them
 FLOAT_CONTEXT = {'ratio': 1.5, 'pi': 3.141592653589793}
 
-UUID = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
-STANDALONE_CALL_ID = re.compile(
-    r'^standalone_rpc_proxy\.call\.{}$'.format(UUID))
-
-
-def call_id_of(service, method):
-    """A regex for the call ids of ``service.method`` workers."""
-    return re.compile(r'^{}\.{}\.{}$'.format(
-        re.escape(service), re.escape(method), UUID))
-
-
 # -- threadko services --
-
-
-class Worker(DependencyProvider):
-    """Injects the worker context itself."""
-
-    def get_dependency(self, worker_ctx):
-        return worker_ctx
 
 
 def describe(worker_ctx):
