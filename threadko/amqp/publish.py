@@ -137,8 +137,10 @@ class ProducerPool:
                     'No queue is bound to exchange {!r} for routing key '
                     '{!r}'.format(exchange, routing_key))
 
-        action = 'publish to exchange {!r} with routing key {!r}'.format(
-            exchange, routing_key)
+        def action():
+            return 'publish to exchange {!r} with routing key {!r}'.format(
+                exchange, routing_key)
+
         self._run(publish, action, use_confirms, retry, retry_policy)
 
     def declare(self, entities, retry=True, retry_policy=None):
@@ -149,12 +151,14 @@ class ProducerPool:
         entities = list(entities)
         if entities:
             self._run(lambda producer: producer.declare(entities),
-                      'declare {}'.format(entities), True, retry,
+                      lambda: 'declare {}'.format(entities), True, retry,
                       retry_policy)
 
     def _run(self, operation, action, use_confirms, retry, retry_policy):
         """Run ``operation(producer)`` on a lent producer, retrying
-        connection errors per the policy."""
+        connection errors per the policy. ``action()`` words what was
+        attempted, for a refusal (built only then: publishing is a hot
+        path)."""
         policy = RetryPolicy.from_options(
             retry_policy if retry_policy is not None
             else DEFAULT_RETRY_POLICY)
@@ -170,7 +174,8 @@ class ProducerPool:
                 raise
             except pika.exceptions.ChannelClosedByBroker as exc:
                 producer.close()
-                raise BrokerRefused(action, exc.reply_code, exc.reply_text)
+                raise BrokerRefused(
+                    action(), exc.reply_code, exc.reply_text)
             except (pika.exceptions.NackError,) + CONNECTION_ERRORS as exc:
                 if producer is not None:
                     producer.close()
