@@ -192,6 +192,12 @@ class ProviderCollector:
             # a restarted container registers its providers again
             self._last_provider_unregistered.clear()
 
+    @property
+    def providers(self):
+        """A snapshot of the registered providers (a list)."""
+        with self._providers_lock:
+            return list(self._providers)
+
     def unregister_provider(self, provider):
         """Remove ``provider``; when the last one goes, release anyone in
         :meth:`wait_for_providers`. Unknown providers are ignored."""

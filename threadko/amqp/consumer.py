@@ -388,8 +388,7 @@ class QueueConsumer(ProviderCollector, SharedExtension):
         self._live_connection = connection
         self._channel = channel
         self._consumer_tags = {}
-        with self._providers_lock:
-            providers = list(self._providers)
+        providers = self.providers
         for provider in providers:
             self._consume_for(provider)
         _log.debug('%s consuming %s', self,

@@ -91,11 +91,6 @@ class Router:
                                if provider not in providers]
             self._url_map = _build_map(self._providers)
 
-    @property
-    def providers(self):
-        with self._lock:
-            return list(self._providers)
-
     def __call__(self, environ, start_response):
         request = Request(environ)
         try:
@@ -362,8 +357,7 @@ class WebServer(ProviderCollector, SharedExtension):
     def start(self):
         if self.bind_address is None:
             return
-        with self._providers_lock:
-            providers = list(self._providers)
+        providers = self.providers
         site = HttpSite.acquire(
             self.bind_address, self.container.config, self,
             self.container.max_workers)
@@ -388,11 +382,6 @@ class WebServer(ProviderCollector, SharedExtension):
         if site is not None:
             site.router.remove(self._routed)
             site.release(self, timeout)
-
-    @property
-    def providers(self):
-        with self._providers_lock:
-            return list(self._providers)
 
     @property
     def port(self):
