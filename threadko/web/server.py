@@ -138,12 +138,19 @@ class HttpSite:
     _sites_lock = threading.Lock()
 
     def __init__(self, bind_address, config):
+        """Bind ``bind_address`` and start serving (with no routes yet).
+
+        :raises ConfigurationError: the address cannot be bound
+        """
         self.bind_address = bind_address
-        self.router = Router(config.get(
-            MAX_REQUEST_BODY_SIZE_CONFIG_KEY, DEFAULT_MAX_REQUEST_BODY_SIZE))
+        body_limit = config.get(
+            MAX_REQUEST_BODY_SIZE_CONFIG_KEY, DEFAULT_MAX_REQUEST_BODY_SIZE)
+        self.router = Router(body_limit)
         self.fixed_threads = config.get(THREADS_CONFIG_KEY)
         self.users = []
-        self.server = None
+        self.server = _WaitressServer(
+            self.router, bind_address, body_limit,
+            float(config.get(STOP_TIMEOUT_CONFIG_KEY, DEFAULT_STOP_TIMEOUT)))
 
     @classmethod
     def acquire(cls, bind_address, config, user, workers):
@@ -159,9 +166,7 @@ class HttpSite:
         with cls._sites_lock:
             site = cls._sites.get(bind_address)
             if site is None:
-                site = cls(bind_address, config)
-                site.server = _WaitressServer(
-                    site.router, bind_address, config)  # binds, or raises
+                site = cls(bind_address, config)  # binds, or raises
                 cls._sites[bind_address] = site
             site.users.append((user, workers))
             site._resize()
@@ -254,8 +259,9 @@ class _CountedTask:
 class _WaitressServer:
     """A waitress server on its own thread, stoppable gracefully."""
 
-    def __init__(self, app, bind_address, config):
-        host = bind_address.address or '0.0.0.0'
+    def __init__(self, app, bind_address, max_request_body_size,
+                 stop_timeout):
+        host = bind_address.address
         self.threads = _RequestThreads(str(bind_address.port))
         try:
             self._server = create_server(
@@ -263,9 +269,7 @@ class _WaitressServer:
                 _dispatcher=self.threads, ident='threadko',
                 # waitress refuses bodies of its limit or more; ours are
                 # over the limit
-                max_request_body_size=(config.get(
-                    MAX_REQUEST_BODY_SIZE_CONFIG_KEY,
-                    DEFAULT_MAX_REQUEST_BODY_SIZE) or 2 ** 62) + 1,
+                max_request_body_size=(max_request_body_size or 2 ** 62) + 1,
                 clear_untrusted_proxy_headers=False)
         except OSError as exc:
             self.threads.shutdown(timeout=1)
@@ -276,8 +280,7 @@ class _WaitressServer:
                 '`[host:]port`, or stop what is using it.'.format(
                     host, bind_address.port, reason, WEB_SERVER_CONFIG_KEY))
         self.port = int(self._server.effective_port)
-        self._stop_timeout = float(config.get(
-            STOP_TIMEOUT_CONFIG_KEY, DEFAULT_STOP_TIMEOUT))
+        self._stop_timeout = stop_timeout
         self._draining = False
         self._deadline = None
         # the server thread closes the trigger when it ends; nobody may
