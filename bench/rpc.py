@@ -83,7 +83,8 @@ def rpc_par(proxy, in_flight, duration):
             proxy.bench_echo.echo('payload')
             counts[index] += 1
 
-    threads = [threading.Thread(target=caller, args=(i,))
+    threads = [threading.Thread(target=caller, args=(i,),
+                                name='bench-rpc-caller-{}'.format(i))
                for i in range(in_flight)]
     start = time.perf_counter()
     for thread in threads:
