@@ -11,7 +11,7 @@ setup(
         'no eventlet, no monkey-patching'),
     long_description=long_description,
     long_description_content_type='text/markdown',
-    packages=find_packages(exclude=['tests', 'tests.*', 'examples', 'bench']),
+    packages=find_packages(exclude=['tests', 'tests.*', 'examples', 'bench', 'bench.*']),
     python_requires='>=3.9',
     install_requires=[
         'click>=7.0',
@@ -25,6 +25,13 @@ setup(
             'pytest>=7.0',
             'pytest-timeout>=2.0',
             'sphinx>=5.0',
+        ],
+        # scripts/bench: the chart, and the drivers of the blocking_db scenario
+        # (mysqlclient builds against libmariadb-dev, found by pkg-config)
+        'bench': [
+            'matplotlib>=3.5',
+            'mysqlclient>=2.0',
+            'psycopg2-binary>=2.9',
         ],
         'dev': [
             'pytest>=7.0',

@@ -22,34 +22,24 @@ is marked ``interop`` and ``rabbit``.
 """
 
 import contextlib
-import hashlib
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-try:
-    import fcntl
-except ImportError:  # Windows: no lock between concurrent sessions
-    fcntl = None
-
 HERE = Path(__file__).resolve().parent
 PEER_DIR = HERE / 'nameko_peer'
 REPO_ROOT = HERE.parent.parent
 
-NAMEKO_PINS = ('nameko==2.14.1', 'eventlet==0.41.3', 'werkzeug<3')
 VENV_ENV_VAR = 'THREADKO_NAMEKO_VENV'
-STAMP_NAME = 'threadko-interop-stamp.json'
 
-VENV_BUILD_TIMEOUT = 600  # seconds for `venv` + `pip install`
+VENV_BUILD_TIMEOUT = 600  # seconds for `venv` + `pip install`, at most
 START_TIMEOUT = 30  # seconds for a Nameko process to print READY
 REPLY_TIMEOUT = 30  # seconds for the driver to answer one request
 STOP_TIMEOUT = 15  # seconds for a Nameko process to exit once told to
@@ -93,10 +83,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 # -- the Nameko virtualenv ---------------------------------------------------
+# built by scripts/nameko_venv.py, shared with the benchmarks
 
-
-class VenvError(Exception):
-    """The Nameko virtualenv could not be made."""
+sys.path.insert(0, str(REPO_ROOT / 'scripts'))
+from nameko_venv import (  # noqa: E402
+    NAMEKO_PINS, VenvError, clean_env as _clean_env, ensure_venv,
+    venv_ready)
 
 
 def venv_dir():
@@ -104,86 +96,13 @@ def venv_dir():
     return Path(os.environ.get(VENV_ENV_VAR) or REPO_ROOT / '.nameko-venv')
 
 
-def _venv_python(path):
-    if os.name == 'nt':
-        return path / 'Scripts' / 'python.exe'
-    return path / 'bin' / 'python'
-
-
-def _wanted_stamp():
-    return {'pins': list(NAMEKO_PINS), 'python': platform.python_version()}
-
-
 def _venv_ready(path):
-    try:
-        stamp = json.loads((path / STAMP_NAME).read_text())
-    except (OSError, ValueError):
-        return False
-    return stamp == _wanted_stamp() and _venv_python(path).exists()
-
-
-def _clean_env():
-    """The environment for Nameko-side processes: nothing of threadko's
-    virtualenv or import path leaks in."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ('PYTHONPATH', 'PYTHONHOME', 'VIRTUAL_ENV',
-                          'PYTHONSTARTUP', 'PYTHONWARNINGS')}
-    env.update(PYTHONUNBUFFERED='1', PYTHONDONTWRITEBYTECODE='1')
-    return env
-
-
-@contextlib.contextmanager
-def _build_lock(path):
-    """Serialise builds of one virtualenv across concurrent sessions."""
-    digest = hashlib.sha1(str(path).encode('utf-8')).hexdigest()[:16]
-    lock_path = Path(tempfile.gettempdir()) / (
-        'threadko-nameko-venv-{}.lock'.format(digest))
-    with open(lock_path, 'w') as lock_file:
-        if fcntl is not None:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-        yield
-
-
-def _run(argv, what):
-    try:
-        done = subprocess.run(
-            [str(arg) for arg in argv], stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, env=_clean_env(),
-            timeout=VENV_BUILD_TIMEOUT)
-    except subprocess.TimeoutExpired as exc:
-        raise VenvError('{} took more than {}s:\n{}'.format(
-            what, VENV_BUILD_TIMEOUT, exc.output or ''))
-    except OSError as exc:
-        raise VenvError('{} could not run: {}'.format(what, exc))
-    if done.returncode != 0:
-        raise VenvError('{} failed (exit status {}):\n{}'.format(
-            what, done.returncode, done.stdout))
+    return venv_ready(path, NAMEKO_PINS)
 
 
 def ensure_nameko_venv(path):
-    """Return the python of a virtualenv at ``path`` with
-    :data:`NAMEKO_PINS` installed, creating it if its stamp does not match.
-    """
-    path = path.absolute()
-    with _build_lock(path):
-        if _venv_ready(path):
-            return _venv_python(path)
-        if (path.exists() and any(path.iterdir())
-                and not (path / 'pyvenv.cfg').exists()):
-            raise VenvError(
-                '{} exists but is not a virtualenv; remove it or set ${} to '
-                'another directory'.format(path, VENV_ENV_VAR))
-        base_python = getattr(sys, '_base_executable', None) or sys.executable
-        _run([base_python, '-m', 'venv', '--clear', path],
-             'Creating the Nameko virtualenv at {}'.format(path))
-        _run([_venv_python(path), '-m', 'pip', 'install',
-              '--disable-pip-version-check', '--no-input', *NAMEKO_PINS],
-             'Installing {} into {}'.format(' '.join(NAMEKO_PINS), path))
-        stamp = path / STAMP_NAME
-        partial = stamp.with_name(STAMP_NAME + '.tmp')
-        partial.write_text(json.dumps(_wanted_stamp()))
-        os.replace(partial, stamp)
-        return _venv_python(path)
+    """The python of the Nameko virtualenv at ``path`` (made if needed)."""
+    return ensure_venv(path, NAMEKO_PINS)
 
 
 @pytest.fixture(scope='session')

@@ -1,13 +1,5 @@
-"""The raw-pika floor: the same RPC and event work as threadko, in plain pika
-(not a test).
-
-Usage::
-
-    .venv/bin/python bench/raw_pika.py [--uri amqp://guest:guest@localhost]
-                                       [--calls 2000] [--duration 10]
-                                       [--in-flight 32] [--events 5000]
-    .venv/bin/python bench/raw_pika.py serve-rpc [--uri ...]
-    .venv/bin/python bench/raw_pika.py consume-events [--uri ...] [--events N]
+"""The raw-pika floor: the same RPC and event work as threadko and Nameko,
+in plain pika. ``raw_pika_peer.py`` runs it as a benchmark peer.
 
 "The simplest correct pika implementation" of what a Nameko 2.14 service and
 its callers put on the wire (docs: nameko-wire-protocol.md §4-§6): one
@@ -15,40 +7,15 @@ its callers put on the wire (docs: nameko-wire-protocol.md §4-§6): one
 confirms, requests published ``mandatory``, replies to the ``nameko-rpc``
 exchange keyed by the request's ``reply_to`` with its ``correlation_id``,
 and acks after the handler (after the reply, for RPC).
-
-Without a command, an echo server (``serve-rpc``) and an event consumer
-(``consume-events``) run as child processes of this same file, and this
-process measures, as ``bench/rpc.py`` does:
-
-- ``rpc_seq``: ``--calls`` sequential calls (after 200 warm-up calls):
-  calls/s, p50 and p99 latency;
-- ``rpc_par``: calls/s with ``--in-flight`` calls kept in flight for
-  ``--duration`` seconds, pipelined by correlation id from one thread (what
-  a minimal pika client does);
-- ``events``: ``--events`` events published by one confirmed publisher:
-  events/s from the first publish until the consumer has handled them all.
-
-A child reports ``ready`` (and the consumer ``done <time.monotonic()>``) on
-its stdout and stops when its stdin is closed.
 """
 
-import argparse
 import json
-import os
-import select
-import subprocess
-import sys
 import threading
 import time
 import uuid
 
 import pika
 import pika.exceptions
-
-# the repository root, for the measurements shared with bench/rpc.py
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
-from bench.measure import sequential_calls  # noqa: E402
 
 RPC_EXCHANGE = 'nameko-rpc'
 REPLY_QUEUE_TTL = 300000  # ms, as Nameko's reply queues
@@ -422,142 +389,3 @@ class RawRpcClient:
         return reply['result']
 
 
-# --- the benchmark --------------------------------------------------------
-
-def rpc_seq(client, calls):
-    """``calls`` sequential calls: calls/s, p50 and p99 latency."""
-    return sequential_calls(lambda: client.call('payload'), calls)
-
-
-def rpc_par(client, in_flight, duration):
-    """Calls/s with ``in_flight`` calls in flight for ``duration`` s."""
-    start = time.perf_counter()
-    calls = client.call_for(duration, in_flight)
-    elapsed = time.perf_counter() - start
-    return {'calls_per_s': calls / elapsed, 'in_flight': in_flight}
-
-
-class _Child:
-    """This file run as a child process with a command; talks in lines on
-    its stdout, stops when its stdin is closed."""
-
-    def __init__(self, *argv):
-        self.process = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__)] + list(argv),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
-        self._buffer = b''
-
-    def read_line(self, timeout):
-        deadline = time.monotonic() + timeout
-        stdout = self.process.stdout
-        while b'\n' not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError('child said nothing for {}s'.format(
-                    timeout))
-            if select.select([stdout], [], [], remaining)[0]:
-                chunk = os.read(stdout.fileno(), 4096)
-                if not chunk:
-                    raise RuntimeError('child exited (status {})'.format(
-                        self.process.wait()))
-                self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b'\n')
-        return line.decode()
-
-    def stop(self, timeout=30):
-        try:
-            self.process.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process.stdout.close()
-
-
-def _serve(worker):
-    """Run a child command: start ``worker``, say ``ready``, stop when stdin
-    closes (or on Ctrl-C, which the whole process group gets)."""
-    try:
-        worker.start()
-        _say('ready')
-        sys.stdin.buffer.read()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        worker.stop()
-    if worker.error is not None:
-        raise worker.error
-
-
-def _say(line):
-    sys.stdout.write(line + '\n')
-    sys.stdout.flush()
-
-
-def bench(args):
-    connection_parameters(args.uri)  # refuse memory:// before starting
-    children = []
-    try:
-        server = _Child('serve-rpc', '--uri', args.uri)
-        children.append(server)
-        consumer = _Child('consume-events', '--uri', args.uri,
-                          '--events', str(args.events))
-        children.append(consumer)
-        for child in children:
-            line = child.read_line(START_TIMEOUT)
-            if line != 'ready':
-                raise RuntimeError('unexpected from child: {!r}'.format(line))
-
-        with RawRpcClient(args.uri) as client:
-            rpc_seq(client, min(200, args.calls))  # warm up
-            seq = rpc_seq(client, args.calls)
-            print('rpc_seq  {:8.0f} calls/s   p50 {:.2f} ms   p99 {:.2f} ms'
-                  .format(seq['calls_per_s'], seq['p50_ms'], seq['p99_ms']))
-            par = rpc_par(client, args.in_flight, args.duration)
-            print('rpc_par  {:8.0f} calls/s   ({} in flight)'.format(
-                par['calls_per_s'], par['in_flight']))
-
-        # time.monotonic() is CLOCK_MONOTONIC, the same clock in every
-        # process, so the consumer's "done" time compares with ours
-        start = raw_publish_events(args.uri, args.events)
-        line = consumer.read_line(START_TIMEOUT + args.events / 100)
-        kind, _, done = line.partition(' ')
-        if kind != 'done':
-            raise RuntimeError('unexpected from consumer: {!r}'.format(line))
-        print('events   {:8.0f} events/s  ({} events)'.format(
-            args.events / (float(done) - start), args.events))
-    finally:
-        for child in reversed(children):
-            child.stop()
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument(
-        'command', nargs='?', default='bench',
-        choices=['bench', 'serve-rpc', 'consume-events'])
-    parser.add_argument('--uri', default=DEFAULT_URI)
-    parser.add_argument('--calls', type=int, default=2000)
-    parser.add_argument('--duration', type=float, default=10)
-    parser.add_argument('--in-flight', type=int, default=32)
-    parser.add_argument('--events', type=int, default=5000)
-    args = parser.parse_args()
-
-    if args.command == 'serve-rpc':
-        _serve(RawRpcServer(args.uri))
-    elif args.command == 'consume-events':
-        _serve(RawEventConsumer(
-            args.uri, args.events,
-            on_done=lambda: _say('done {!r}'.format(time.monotonic()))))
-    else:
-        try:
-            bench(args)
-        except KeyboardInterrupt:
-            sys.exit(130)
-
-
-if __name__ == '__main__':
-    main()

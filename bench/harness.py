@@ -1,0 +1,556 @@
+"""``python -m bench``: threadko, Nameko 2.14.1 and raw pika side by side.
+
+Every scenario runs each target in turn, round after round (the order
+rotates each round), so drift on the machine hits all targets alike. Each
+measurement starts the target's server process (a peer in
+``bench/peers/``), runs its client process, and stops the server: clients
+and servers never share a process or a GIL with the harness. The Nameko
+peers run in their own virtualenv (Nameko 2.14.1, eventlet, the database
+drivers), built on first use.
+
+Results go to ``bench/results/bench-<time>.json``; unless ``--no-docs``,
+``docs/benchmarks.md`` and its chart are generated from them
+(:mod:`bench.report`). ``scripts/bench`` installs what this needs (RabbitMQ,
+MariaDB, PostgreSQL, wrk) and then runs it. See ``bench/README.md``.
+"""
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import version as dist_version
+from pathlib import Path
+
+import pika
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+PEERS_DIR = BENCH_DIR / 'peers'
+RESULTS_DIR = BENCH_DIR / 'results'
+sys.path.insert(0, str(PEERS_DIR))
+sys.path.insert(0, str(REPO_ROOT / 'scripts'))
+
+from common import EVENT_TYPE, SOURCE_SERVICE  # noqa: E402
+import nameko_venv  # noqa: E402
+
+DEFAULT_URI = 'amqp://guest:guest@localhost'
+NAMEKO_BENCH_PINS = nameko_venv.NAMEKO_PINS + ('mysqlclient', 'psycopg2-binary')
+NAMEKO_BENCH_VENV = REPO_ROOT / '.nameko-bench-venv'
+
+SCENARIOS = ('rpc_seq', 'rpc_par', 'events', 'http', 'blocking_db',
+             'footprint')
+AMQP_TARGETS = ('threadko', 'nameko', 'raw_pika')
+HTTP_TARGETS = ('threadko', 'nameko', 'waitress')
+DB_TARGETS = ('threadko', 'nameko')
+PEER_FILES = {
+    'threadko': 'threadko_peer.py',
+    'nameko': 'nameko_peer.py',
+    'raw_pika': 'raw_pika_peer.py',
+    'waitress': 'waitress_peer.py',
+}
+EVENT_QUEUE = 'evt-{}-{}--bench_counter.handle'.format(
+    SOURCE_SERVICE, EVENT_TYPE)
+
+START_TIMEOUT = 60  # seconds for a server to say READY
+STOP_TIMEOUT = 30  # seconds for a server to exit after SIGTERM
+HTTP_WARM_UP = 1  # seconds of load before each measured HTTP run
+THREADKO_WEB_THREADS = 12  # threadko's default: max_workers (10) + 2
+
+
+class BenchError(Exception):
+    """A target could not be measured; the run goes on without it."""
+
+
+# -- processes ---------------------------------------------------------------
+
+class Peer:
+    """One server or client process of a target, with its log."""
+
+    def __init__(self, label, argv, workdir, env=None):
+        self.label = label
+        self.log_path = Path(workdir) / (label + '.log')
+        self._log = open(self.log_path, 'wb')
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            [str(arg) for arg in argv], cwd=str(PEERS_DIR), env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=self._log, start_new_session=True)
+        self._buffer = b''
+
+    def read_line(self, timeout):
+        """The next line of stdout; BenchError if none comes in time."""
+        deadline = time.monotonic() + timeout
+        stdout = self.process.stdout
+        while b'\n' not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BenchError('{} said nothing for {}s{}'.format(
+                    self.label, timeout, self.log_tail()))
+            if select.select([stdout], [], [], remaining)[0]:
+                chunk = os.read(stdout.fileno(), 65536)
+                if not chunk:
+                    raise BenchError('{} exited with status {}{}'.format(
+                        self.label, self.process.wait(), self.log_tail()))
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b'\n')
+        return line.decode().strip()
+
+    def expect(self, word, timeout):
+        line = self.read_line(timeout)
+        if line != word:
+            raise BenchError('{} said {!r}, not {}{}'.format(
+                self.label, line, word, self.log_tail()))
+
+    def result(self, timeout):
+        """The client's JSON result line, then its exit."""
+        line = self.read_line(timeout)
+        try:
+            result = json.loads(line)
+        except ValueError:
+            raise BenchError('{} printed {!r}{}'.format(
+                self.label, line, self.log_tail()))
+        self.stop(timeout=STOP_TIMEOUT, signum=None)
+        return result
+
+    def rss_mib(self):
+        with open('/proc/{}/status'.format(self.process.pid)) as status:
+            kib = re.search(r'^VmRSS:\s+(\d+) kB', status.read(), re.M)
+        return int(kib.group(1)) / 1024
+
+    def cpu_seconds(self):
+        with open('/proc/{}/stat'.format(self.process.pid)) as stat:
+            fields = stat.read().rsplit(')', 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+    def stop(self, timeout=STOP_TIMEOUT, signum=signal.SIGTERM):
+        """Signal (unless ``signum`` is None: wait for it to exit by
+        itself), wait, kill after ``timeout``."""
+        if self.process.poll() is None and signum is not None:
+            self.process.send_signal(signum)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process.stdout.close()
+        self._log.close()
+
+    def log_tail(self, lines=25):
+        try:
+            with open(self.log_path, errors='replace') as log:
+                tail = log.readlines()[-lines:]
+        except OSError:
+            return ''
+        return ('\n--- last lines of {}:\n'.format(self.log_path)
+                + ''.join(tail)) if tail else ''
+
+
+@contextlib.contextmanager
+def running(peer):
+    """Stop ``peer`` on the way out, whatever happened."""
+    try:
+        yield peer
+    finally:
+        if peer.process.returncode is None:
+            peer.stop()
+
+
+# -- the run -----------------------------------------------------------------
+
+class Bench:
+    """One run of the harness: its options, processes and results."""
+
+    def __init__(self, args, workdir):
+        self.args = args
+        self.workdir = Path(workdir)
+        self.pythons = {
+            'threadko': sys.executable,
+            'raw_pika': sys.executable,
+            'waitress': sys.executable,
+        }
+        self.scenarios = {}
+        self.errors = []
+        self.machine = {}
+        self._counter = 0
+
+    # processes
+
+    def _argv(self, target, role, scenario, *extra):
+        return [self.pythons[target], PEER_FILES[target], role, scenario,
+                '--uri', self.args.uri] + list(extra)
+
+    def _label(self, target, role, scenario):
+        self._counter += 1
+        return '{:03d}-{}-{}-{}'.format(self._counter, scenario, target, role)
+
+    def server(self, target, scenario, *extra):
+        peer = Peer(self._label(target, 'server', scenario),
+                    self._argv(target, 'serve', scenario, *extra),
+                    self.workdir)
+        try:
+            peer.expect('READY', START_TIMEOUT)
+        except BaseException:
+            peer.stop()
+            raise
+        return peer
+
+    def client(self, target, scenario, *extra):
+        return Peer(self._label(target, 'client', scenario),
+                    self._argv(target, 'client', scenario, *extra),
+                    self.workdir)
+
+    def client_result(self, target, scenario, *extra, timeout=300):
+        with running(self.client(target, scenario, *extra)) as client:
+            return client.result(timeout)
+
+    # rounds
+
+    def measure(self, scenario, targets, measure_one, key=None):
+        """Run ``measure_one(target)`` for each target, ``--rounds`` times,
+        rotating the order each round; record the runs under ``key``."""
+        key = key or scenario
+        targets = [t for t in targets if t in self.args.targets]
+        entry = self.scenarios.setdefault(key, {'targets': {}})
+        for target in targets:
+            entry['targets'].setdefault(target, {'runs': []})
+        for number in range(self.args.rounds):
+            shift = number % len(targets) if targets else 0
+            for target in targets[shift:] + targets[:shift]:
+                try:
+                    result = measure_one(target)
+                except BenchError as exc:
+                    self.errors.append({'scenario': key, 'target': target,
+                                        'round': number + 1,
+                                        'error': str(exc)})
+                    print('  {:<22} {:<9} round {}: FAILED: {}'.format(
+                        key, target, number + 1,
+                        str(exc).splitlines()[0]), flush=True)
+                    continue
+                entry['targets'][target]['runs'].append(result)
+                print('  {:<22} {:<9} round {}: {}'.format(
+                    key, target, number + 1, _brief(result)), flush=True)
+
+    # scenarios
+
+    def rpc_seq(self, target):
+        with running(self.server(target, 'rpc_seq')):
+            return self.client_result(
+                target, 'rpc_seq', '--calls', self.args.calls,
+                '--warmup', self.args.warmup)
+
+    def rpc_par(self, target):
+        with running(self.server(target, 'rpc_par')):
+            return self.client_result(
+                target, 'rpc_par', '--duration', self.args.duration,
+                '--in-flight', self.args.in_flight)
+
+    def events(self, target):
+        purge_queue(self.args.uri, EVENT_QUEUE)
+        seen_file = self.workdir / 'seen-{}'.format(self._counter)
+        n = self.args.events
+        with running(self.server(target, 'events', '--expect', n,
+                                 '--seen-file', seen_file)):
+            sent = self.client_result(target, 'events', '--events', n)
+            deadline = time.monotonic() + 60 + n / 50
+            while not seen_file.exists():
+                if time.monotonic() > deadline:
+                    raise BenchError('the handler did not see all {} events'
+                                     .format(n))
+                time.sleep(0.01)  # the harness polls; it is not timed
+            seconds = float(seen_file.read_text()) - sent['start']
+        return {'events': n, 'seconds': seconds, 'events_per_s': n / seconds,
+                'publish_seconds': sent['published'] - sent['start']}
+
+    def http(self, target):
+        port = free_port()
+        address = '127.0.0.1:{}'.format(port)
+        with running(self.server(target, 'http', '--web-address', address)):
+            url = _Url('http://{}/hello'.format(address))
+            self.loadgen.run(url, HTTP_WARM_UP)
+            return self.loadgen.run(url, self.args.http_seconds)
+
+    def blocking_db(self, database, target):
+        dsn = json.dumps(database.dsn)
+        with running(self.server(target, 'blocking_db', '--db', database.kind,
+                                 '--db-dsn', dsn)):
+            return self.client_result(
+                target, 'blocking_db', '--concurrency', self.args.concurrency)
+
+    def footprint(self, target):
+        """From starting the service to its first answer, then its RSS."""
+        with running(self.client(target, 'footprint')) as client:
+            client.expect('POLLING', START_TIMEOUT)
+            start = time.monotonic()
+            argv = self._run_command(target)
+            server = Peer(self._label(target, 'run', 'footprint'), argv,
+                          self.workdir)
+            with running(server):
+                answered = client.result(START_TIMEOUT)['first_answer']
+                return {'startup_s': answered - start,
+                        'rss_mib': server.rss_mib()}
+
+    def _run_command(self, target):
+        """The real ``run`` command a user types, for the echo service."""
+        if target == 'threadko':
+            return [self.pythons['threadko'], '-m', 'threadko', 'run',
+                    '--broker', self.args.uri, 'threadko_peer:Echo']
+        if target == 'nameko':
+            nameko = Path(self.pythons['nameko']).with_name('nameko')
+            return [nameko, 'run', '--broker', self.args.uri,
+                    'nameko_peer:Echo']
+        return self._argv(target, 'serve', 'footprint')
+
+    # the whole run
+
+    def prepare(self):
+        wanted = set(self.args.targets)
+        if 'nameko' in wanted:
+            print('Nameko virtualenv: {}'.format(self.args.nameko_venv),
+                  flush=True)
+            self.pythons['nameko'] = str(nameko_venv.ensure_venv(
+                Path(self.args.nameko_venv), NAMEKO_BENCH_PINS))
+        if 'http' in self.args.scenarios:
+            import bench.http
+            self.loadgen = bench.http.choose_load_generator(
+                argparse.Namespace(
+                    install_wrk=False, loadgen=self.args.loadgen,
+                    connections=self.args.connections, wrk_threads=1,
+                    processes=os.cpu_count() or 1),
+                str(self.workdir))
+        self.machine = describe_machine(self)
+
+    def run(self):
+        self.prepare()
+        for scenario in self.args.scenarios:
+            print('{}:'.format(scenario), flush=True)
+            started = time.monotonic()
+            if scenario == 'http':
+                self.measure('http', HTTP_TARGETS, self.http)
+            elif scenario == 'blocking_db':
+                self.run_blocking_db()
+            elif scenario in ('rpc_seq', 'rpc_par', 'events', 'footprint'):
+                self.measure(scenario, AMQP_TARGETS, getattr(self, scenario))
+            print('  ({:.0f} s)'.format(time.monotonic() - started),
+                  flush=True)
+
+    def run_blocking_db(self):
+        import databases
+        databases.ensure_installed()
+        for server_cls in (databases.MariaDB, databases.PostgreSQL):
+            with server_cls(str(self.workdir / server_cls.__name__)) as db:
+                self.machine[db.kind] = db.version
+                self.measure(
+                    'blocking_db', DB_TARGETS,
+                    lambda target: self.blocking_db(db, target),
+                    key='blocking_db_' + db.kind)
+
+    def results(self, started, finished):
+        return {
+            'started': started, 'finished': finished,
+            'command': ' '.join(['python -m bench'] + sys.argv[1:]),
+            'machine': self.machine,
+            'options': {
+                'rounds': self.args.rounds, 'calls': self.args.calls,
+                'warmup': self.args.warmup,
+                'in_flight': self.args.in_flight,
+                'duration': self.args.duration, 'events': self.args.events,
+                'connections': self.args.connections,
+                'http_seconds': self.args.http_seconds,
+                'concurrency': self.args.concurrency,
+                'max_workers': 10,
+                'web_threads': THREADKO_WEB_THREADS,
+            },
+            'scenarios': self.scenarios,
+            'errors': self.errors,
+        }
+
+
+class _Url:
+    """What bench/http.py's load generators take: something with a url."""
+
+    def __init__(self, url):
+        self.url = url
+        self.port = int(url.split(':')[2].split('/')[0])
+
+
+def _brief(result):
+    shown = []
+    for name in ('calls_per_s', 'events_per_s', 'requests_per_s', 'p50_ms',
+                 'p99_ms', 'concurrency', 'wall_s', 'startup_s', 'rss_mib'):
+        if name in result:
+            shown.append('{} {:,.2f}'.format(name, result[name]))
+    return '  '.join(shown)
+
+
+def free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def purge_queue(uri, queue):
+    """Empty ``queue`` if it exists (a failed earlier run may have left a
+    backlog there that would be counted)."""
+    connection = pika.BlockingConnection(pika.URLParameters(uri))
+    try:
+        channel = connection.channel()
+        try:
+            channel.queue_declare(queue, passive=True)
+        except pika.exceptions.ChannelClosedByBroker:
+            return  # no such queue yet
+        channel.queue_purge(queue)
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def rabbitmq_version(uri):
+    params = pika.URLParameters(uri)
+    try:
+        connection = pika.BlockingConnection(params)
+    except pika.exceptions.AMQPConnectionError as exc:
+        raise SystemExit('no RabbitMQ answers at {} ({!r}); '
+                         'scripts/bench starts one'.format(uri, exc))
+    try:
+        properties = connection._impl.server_properties
+        return properties.get('version', b'?').decode() if isinstance(
+            properties.get('version'), bytes) else str(
+                properties.get('version', '?'))
+    finally:
+        connection.close()
+
+
+def describe_machine(bench):
+    cpu = platform.processor() or '?'
+    memory_gib = None
+    with contextlib.suppress(OSError, AttributeError):
+        with open('/proc/cpuinfo') as info:
+            cpu = re.search(r'^model name\s*:\s*(.*)$', info.read(),
+                            re.M).group(1)
+    with contextlib.suppress(OSError, AttributeError):
+        with open('/proc/meminfo') as info:
+            kib = int(re.search(r'^MemTotal:\s+(\d+)', info.read(),
+                                re.M).group(1))
+            memory_gib = round(kib / 1024 / 1024)
+    machine = {
+        'cpus': os.cpu_count(), 'cpu_model': cpu, 'memory_gib': memory_gib,
+        'python': platform.python_version(),
+        'rabbitmq': rabbitmq_version(bench.args.uri),
+    }
+    for dist in ('threadko', 'pika', 'waitress', 'werkzeug'):
+        machine[dist] = dist_version(dist)
+    if 'nameko' in bench.pythons:
+        found = subprocess.run(
+            [bench.pythons['nameko'], '-c',
+             'from importlib.metadata import version as v; '
+             'print(v("nameko"), v("eventlet"), v("kombu"))'],
+            stdout=subprocess.PIPE, text=True, check=True).stdout.split()
+        machine.update(nameko=found[0], eventlet=found[1], kombu=found[2])
+    loadgen = getattr(bench, 'loadgen', None)
+    if loadgen is not None:
+        machine['loadgen'] = '{} {}'.format(loadgen.name, loadgen.version)
+    return machine
+
+
+def write_results(results, path=None):
+    RESULTS_DIR.mkdir(exist_ok=True)
+    ignore = RESULTS_DIR / '.gitignore'
+    if not ignore.exists():
+        ignore.write_text('# bench results stay local; docs/benchmarks.md '
+                          'records the published run\n*\n')
+    if path is None:
+        path = RESULTS_DIR / 'bench-{}.json'.format(
+            time.strftime('%Y%m%d-%H%M%S'))
+    path = Path(path)
+    path.write_text(json.dumps(results, indent=2) + '\n')
+    return path
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec='seconds')
+
+
+def _names(valid):
+    def parse(text):
+        names = [name.strip() for name in text.split(',') if name.strip()]
+        unknown = sorted(set(names) - set(valid))
+        if unknown:
+            raise argparse.ArgumentTypeError('unknown: {} (choose from {})'
+                                             .format(', '.join(unknown),
+                                                     ', '.join(valid)))
+        return names
+    return parse
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog='python -m bench', description=__doc__.split('\n\n')[0])
+    parser.add_argument('--uri', default=DEFAULT_URI)
+    parser.add_argument('--scenarios', type=_names(SCENARIOS),
+                        default=list(SCENARIOS),
+                        help='comma-separated subset of: ' + ', '.join(
+                            SCENARIOS))
+    parser.add_argument('--targets', type=_names(
+        sorted(set(AMQP_TARGETS + HTTP_TARGETS))),
+        default=list(AMQP_TARGETS + ('waitress',)))
+    parser.add_argument('--rounds', type=int, default=3)
+    parser.add_argument('--calls', type=int, default=2000)
+    parser.add_argument('--warmup', type=int, default=200)
+    parser.add_argument('--duration', type=float, default=10)
+    parser.add_argument('--in-flight', type=int, default=32)
+    parser.add_argument('--events', type=int, default=5000)
+    parser.add_argument('--connections', type=int, default=32)
+    parser.add_argument('--http-seconds', type=float, default=5)
+    parser.add_argument('--loadgen', choices=('auto', 'wrk', 'python'),
+                        default='auto')
+    parser.add_argument('--concurrency', type=int, default=20)
+    parser.add_argument('--quick', action='store_true',
+                        help='tiny counts and one round: checks that the '
+                             'harness works, measures nothing')
+    parser.add_argument('--nameko-venv', default=str(NAMEKO_BENCH_VENV))
+    parser.add_argument('--output', help='results JSON path (default: '
+                        'bench/results/bench-<time>.json)')
+    parser.add_argument('--no-docs', action='store_true',
+                        help='do not regenerate docs/benchmarks.md')
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.calls, args.warmup = 1, 50, 5
+        args.duration, args.events, args.http_seconds = 1, 100, 1
+        args.concurrency = 4
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    workdir = tempfile.mkdtemp(prefix='threadko-bench-')
+    started = _now()
+    try:
+        bench = Bench(args, workdir)
+        try:
+            bench.run()
+        except KeyboardInterrupt:
+            print('interrupted: writing what was measured', flush=True)
+        results = bench.results(started, _now())
+        path = write_results(results, args.output)
+        print('results: {}'.format(path), flush=True)
+        if not args.no_docs:
+            from bench import report
+            report.render(results, REPO_ROOT / 'docs' / 'benchmarks.md',
+                          REPO_ROOT / 'docs' / '_static' / 'benchmarks.png')
+            print('wrote docs/benchmarks.md and docs/_static/benchmarks.png',
+                  flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if bench.errors else 0

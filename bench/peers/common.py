@@ -1,0 +1,163 @@
+"""What every benchmark peer shares: names, payloads, arguments and the
+measurements, so each target is timed by the same definition.
+
+Standard library only: it is imported by the threadko peer, the Nameko
+peer (in the Nameko virtualenv, under eventlet) and the raw pika peer.
+"""
+
+import collections
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+
+SERVICE = 'bench_echo'
+SOURCE_SERVICE = 'bench_source'
+EVENT_TYPE = 'bench_event'
+PAYLOAD = 'payload'
+HELLO = 'Hello, world!'
+DB_SLEEP = 0.1  # seconds each blocking_db call spends in the database
+
+SCENARIOS = ('rpc_seq', 'rpc_par', 'events', 'http', 'blocking_db',
+             'footprint')
+
+
+def add_arguments(parser):
+    """The command line every peer understands."""
+    parser.add_argument('role', choices=('serve', 'client'))
+    parser.add_argument('scenario', choices=SCENARIOS)
+    parser.add_argument('--uri', default='amqp://guest:guest@localhost')
+    parser.add_argument('--calls', type=int, default=2000)
+    parser.add_argument('--warmup', type=int, default=200)
+    parser.add_argument('--duration', type=float, default=10)
+    parser.add_argument('--in-flight', type=int, default=32)
+    parser.add_argument('--events', type=int, default=5000)
+    parser.add_argument('--expect', type=int, default=0,
+                        help='serve events: events to count before '
+                             'writing --seen-file')
+    parser.add_argument('--seen-file', default=None)
+    parser.add_argument('--concurrency', type=int, default=20)
+    parser.add_argument('--db', choices=('mysql', 'postgres'),
+                        default='mysql')
+    parser.add_argument('--db-dsn', default='{}',
+                        help='JSON object of connect() keyword arguments')
+    parser.add_argument('--web-address', default='127.0.0.1:8000')
+
+
+def emit(result):
+    """Print a client's result: one JSON object on one line."""
+    sys.stdout.write(json.dumps(result) + '\n')
+    sys.stdout.flush()
+
+
+def seen_file_writer(expect, path):
+    """A function to call once per handled event; the ``expect``-th call
+    writes the time (``time.monotonic()``, comparable between processes
+    on Linux) to ``path``."""
+    lock = threading.Lock()  # handlers may run on several threads
+    count = [0]
+
+    def mark_seen():
+        with lock:
+            count[0] += 1
+            done = count[0] == expect
+        if done:
+            partial = path + '.tmp'
+            with open(partial, 'w') as file:
+                file.write(repr(time.monotonic()))
+            os.replace(partial, path)
+    return mark_seen
+
+
+def sequential_calls(call, calls):
+    """``calls`` calls of ``call()`` one after another: calls/s, and the
+    p50 and p99 latency in milliseconds."""
+    latencies = []
+    start = time.perf_counter()
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        call()
+        latencies.append(time.perf_counter() - t0)
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {
+        'calls': calls,
+        'calls_per_s': calls / elapsed,
+        'p50_ms': statistics.median(latencies) * 1000,
+        'p99_ms': latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000,
+    }
+
+
+def timed_pipeline(start_call, wait, in_flight, duration):
+    """Keep ``in_flight`` calls outstanding from one thread for
+    ``duration`` seconds: ``start_call()`` begins one and returns a handle,
+    ``wait(handle)`` waits for its answer (oldest first)."""
+    pending = collections.deque()
+    done = 0
+    start = time.perf_counter()
+    end = start + duration
+    for _ in range(in_flight):
+        pending.append(start_call())
+    while pending:
+        wait(pending.popleft())
+        done += 1
+        if time.perf_counter() < end:
+            pending.append(start_call())
+    elapsed = time.perf_counter() - start
+    return {'calls': done, 'calls_per_s': done / elapsed,
+            'in_flight': in_flight}
+
+
+def threaded_loop(call, threads, duration):
+    """``threads`` threads calling ``call()`` in a loop for ``duration``
+    seconds: calls/s."""
+    counts = [0] * threads
+    stop = threading.Event()
+
+    def caller(index):
+        while not stop.is_set():
+            call()
+            counts[index] += 1
+
+    workers = [threading.Thread(target=caller, args=(index,),
+                                name='bench-caller-{}'.format(index))
+               for index in range(threads)]
+    start = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    stop.wait(duration)
+    stop.set()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - start
+    return {'calls': sum(counts), 'calls_per_s': sum(counts) / elapsed,
+            'in_flight': threads}
+
+
+def concurrent_batch(start_call, wait, calls):
+    """Start ``calls`` calls at once and wait for all: the wall time and
+    the achieved concurrency (the database time the calls asked for,
+    ``calls * DB_SLEEP``, over the wall time)."""
+    start = time.perf_counter()
+    handles = [start_call() for _ in range(calls)]
+    for handle in handles:
+        wait(handle)
+    wall = time.perf_counter() - start
+    return {'calls': calls, 'wall_s': wall,
+            'concurrency': calls * DB_SLEEP / wall}
+
+
+def wait_until_answering(call, deadline=60):
+    """Call ``call()`` until it answers; the ``time.monotonic()`` of the
+    first answer."""
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            call()
+            return time.monotonic()
+        except Exception:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.02)  # the service is still starting: poll again

@@ -1,0 +1,85 @@
+"""The raw pika side of the benchmarks (the floor); runs in threadko's
+virtualenv, which has pika.
+
+    python raw_pika_peer.py serve SCENARIO --uri URI [options]
+    python raw_pika_peer.py client SCENARIO --uri URI [options]
+
+Only the AMQP scenarios (``rpc_seq``, ``rpc_par``, ``events``,
+``footprint``): the floor has no HTTP server or database. ``serve`` prints
+``READY`` once consuming and stops on SIGTERM. See ``bench/README.md``.
+"""
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import (  # noqa: E402
+    EVENT_TYPE, PAYLOAD, SERVICE, SOURCE_SERVICE, add_arguments, emit,
+    seen_file_writer, sequential_calls, wait_until_answering)
+from raw_pika import (  # noqa: E402
+    RawEventConsumer, RawRpcClient, RawRpcServer, raw_publish_events)
+
+EXCHANGE = SOURCE_SERVICE + '.events'
+QUEUE = 'evt-{}-{}--bench_counter.handle'.format(SOURCE_SERVICE, EVENT_TYPE)
+
+
+def serve(args):
+    if args.scenario == 'events':
+        worker = RawEventConsumer(
+            args.uri, args.expect, exchange=EXCHANGE, queue=QUEUE,
+            event_type=EVENT_TYPE,
+            on_done=seen_file_writer(1, args.seen_file))
+    elif args.scenario in ('rpc_seq', 'rpc_par', 'footprint'):
+        worker = RawRpcServer(args.uri, queue='rpc-' + SERVICE)
+    else:
+        sys.exit('raw pika has no {} peer'.format(args.scenario))
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+    worker.start()
+    print('READY', flush=True)
+    stopping.wait()
+    worker.stop()
+    if worker.error is not None:
+        raise worker.error
+
+
+def client(args):
+    if args.scenario == 'events':
+        start = raw_publish_events(
+            args.uri, args.events, exchange=EXCHANGE, event_type=EVENT_TYPE,
+            payload=PAYLOAD)
+        emit({'start': start, 'published': time.monotonic()})
+        return
+    with RawRpcClient(args.uri, target=SERVICE + '.echo') as caller:
+        if args.scenario == 'footprint':
+            print('POLLING', flush=True)  # the harness starts the service
+        first_answer = wait_until_answering(lambda: caller.call(PAYLOAD))
+        if args.scenario == 'footprint':
+            emit({'first_answer': first_answer})
+        elif args.scenario == 'rpc_seq':
+            sequential_calls(lambda: caller.call(PAYLOAD), args.warmup)
+            emit(sequential_calls(lambda: caller.call(PAYLOAD), args.calls))
+        elif args.scenario == 'rpc_par':
+            # one thread pipelining by correlation id: a minimal pika client
+            # has no thread pool
+            start = time.perf_counter()
+            calls = caller.call_for(args.duration, args.in_flight, PAYLOAD)
+            elapsed = time.perf_counter() - start
+            emit({'calls': calls, 'calls_per_s': calls / elapsed,
+                  'in_flight': args.in_flight})
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    add_arguments(parser)
+    args = parser.parse_args()
+    (serve if args.role == 'serve' else client)(args)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,111 @@
+"""Build (once) a virtualenv holding Nameko 2.14.1 and its eventlet, for
+the interoperability tests and the benchmarks.
+
+``ensure_venv(path, pins)`` returns the venv's python, creating the venv if
+the stamp file inside it does not record the same pins and Python version.
+Concurrent callers for one path wait for each other (a file lock).
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock between concurrent sessions
+    fcntl = None
+
+NAMEKO_PINS = ('nameko==2.14.1', 'eventlet==0.41.3', 'werkzeug<3')
+STAMP_NAME = 'threadko-interop-stamp.json'
+BUILD_TIMEOUT = 600  # seconds for `venv` + `pip install`
+
+
+class VenvError(Exception):
+    """The virtualenv could not be made."""
+
+
+def venv_python(path):
+    if os.name == 'nt':
+        return Path(path) / 'Scripts' / 'python.exe'
+    return Path(path) / 'bin' / 'python'
+
+
+def _wanted_stamp(pins):
+    return {'pins': list(pins), 'python': platform.python_version()}
+
+
+def venv_ready(path, pins=NAMEKO_PINS):
+    """Whether ``path`` holds a venv built with ``pins``."""
+    try:
+        stamp = json.loads((Path(path) / STAMP_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return stamp == _wanted_stamp(pins) and venv_python(path).exists()
+
+
+def clean_env():
+    """The environment for processes in the venv: nothing of threadko's
+    virtualenv or import path leaks in."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ('PYTHONPATH', 'PYTHONHOME', 'VIRTUAL_ENV',
+                          'PYTHONSTARTUP', 'PYTHONWARNINGS')}
+    env.update(PYTHONUNBUFFERED='1', PYTHONDONTWRITEBYTECODE='1')
+    return env
+
+
+@contextlib.contextmanager
+def _build_lock(path):
+    digest = hashlib.sha1(str(path).encode('utf-8')).hexdigest()[:16]
+    lock_path = Path(tempfile.gettempdir()) / (
+        'threadko-nameko-venv-{}.lock'.format(digest))
+    with open(lock_path, 'w') as lock_file:
+        if fcntl is not None:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+        yield
+
+
+def _run(argv, what):
+    try:
+        done = subprocess.run(
+            [str(arg) for arg in argv], stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, env=clean_env(),
+            timeout=BUILD_TIMEOUT)
+    except subprocess.TimeoutExpired as exc:
+        raise VenvError('{} took more than {}s:\n{}'.format(
+            what, BUILD_TIMEOUT, exc.output or ''))
+    except OSError as exc:
+        raise VenvError('{} could not run: {}'.format(what, exc))
+    if done.returncode != 0:
+        raise VenvError('{} failed (exit status {}):\n{}'.format(
+            what, done.returncode, done.stdout))
+
+
+def ensure_venv(path, pins=NAMEKO_PINS):
+    """Return the python of a virtualenv at ``path`` with ``pins``
+    installed, creating it if its stamp does not match."""
+    path = Path(path).absolute()
+    with _build_lock(path):
+        if venv_ready(path, pins):
+            return venv_python(path)
+        if (path.exists() and any(path.iterdir())
+                and not (path / 'pyvenv.cfg').exists()):
+            raise VenvError(
+                '{} exists but is not a virtualenv; remove it or choose '
+                'another directory'.format(path))
+        base_python = getattr(sys, '_base_executable', None) or sys.executable
+        _run([base_python, '-m', 'venv', '--clear', path],
+             'Creating the virtualenv at {}'.format(path))
+        _run([venv_python(path), '-m', 'pip', 'install',
+              '--disable-pip-version-check', '--no-input', *pins],
+             'Installing {} into {}'.format(' '.join(pins), path))
+        stamp = path / STAMP_NAME
+        partial = stamp.with_name(STAMP_NAME + '.tmp')
+        partial.write_text(json.dumps(_wanted_stamp(pins)))
+        os.replace(partial, stamp)
+        return venv_python(path)
