@@ -1,11 +1,9 @@
-"""The raw-pika benchmark floor (bench/raw_pika.py) does the same wire work
+"""The raw-pika benchmark floor (bench/peers/raw_pika.py) does the same wire work
 as threadko and Nameko: a threadko caller gets answers from the raw server,
 the raw caller from a threadko service, and raw events all arrive."""
 
 import importlib.util
 import os
-import subprocess
-import sys
 
 import pika.exceptions
 import pytest
@@ -19,7 +17,7 @@ pytestmark = pytest.mark.rabbit
 WAIT = 10
 BENCH = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    'bench', 'raw_pika.py')
+    'bench', 'peers', 'raw_pika.py')
 
 
 def _load_raw_pika():
@@ -95,14 +93,3 @@ def test_raw_events_are_all_consumed(rabbit_config):
         consumer.stop()
     assert consumer.count == 300
     assert consumer.error is None
-
-
-def test_the_cli_runs_every_scenario(rabbit_config):
-    result = subprocess.run(
-        [sys.executable, BENCH, '--uri', rabbit_config['AMQP_URI'],
-         '--calls', '20', '--duration', '0.2', '--events', '50'],
-        capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == [
-        'rpc_seq', 'rpc_par', 'events']

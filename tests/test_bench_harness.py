@@ -1,0 +1,45 @@
+"""``python -m bench`` measures every AMQP scenario end to end on RabbitMQ
+(tiny counts, threadko and the raw pika floor; the Nameko peers need their
+own virtualenv and are left to scripts/bench)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.rabbit, pytest.mark.timeout(180)]
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_quick_run_records_every_scenario_and_target(rabbit_config, tmp_path):
+    output = tmp_path / 'results.json'
+    done = subprocess.run(
+        [sys.executable, '-m', 'bench', '--quick', '--no-docs',
+         '--uri', rabbit_config['AMQP_URI'],
+         '--targets', 'threadko,raw_pika',
+         '--scenarios', 'rpc_seq,rpc_par,events,footprint',
+         '--output', str(output)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    results = json.loads(output.read_text())
+    assert results['errors'] == []
+    assert results['machine']['rabbitmq']
+    scenarios = results['scenarios']
+    assert sorted(scenarios) == ['events', 'footprint', 'rpc_par', 'rpc_seq']
+    for name, metric in [('rpc_seq', 'calls_per_s'),
+                         ('rpc_par', 'calls_per_s'),
+                         ('events', 'events_per_s'),
+                         ('footprint', 'startup_s')]:
+        for target in ('threadko', 'raw_pika'):
+            runs = scenarios[name]['targets'][target]['runs']
+            assert len(runs) == 1 and runs[0][metric] > 0, (name, target)
+    assert scenarios['rpc_seq']['targets']['threadko']['runs'][0][
+        'calls'] == 50
+    assert scenarios['events']['targets']['threadko']['runs'][0][
+        'events'] == 100
+    assert scenarios['footprint']['targets']['threadko']['runs'][0][
+        'rss_mib'] > 1
