@@ -203,6 +203,18 @@ class _Server:
                 _tail_text(result.stdout)))
         return result.stdout
 
+    def _client(self, argv):
+        """Run a command-line client; its output, or DatabaseError."""
+        try:
+            result = subprocess.run(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True, timeout=STOP_TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise DatabaseError(str(exc))
+        if result.returncode != 0:
+            raise DatabaseError(result.stdout.strip())
+        return result.stdout.strip()
+
     def start(self):
         """Initialise the data directory, start the server, wait until it
         answers and create the benchmark's user and database."""
@@ -220,16 +232,16 @@ class _Server:
         while True:
             if self.process.poll() is not None:
                 raise self.fail(
-                    'the {} server exited with code {} while starting; '
-                    'see its log'.format(self.kind, self.process.returncode))
+                    'the {} server exited with code {} while starting: '
+                    'fix what its log says and retry'.format(self.kind, self.process.returncode))
             try:
                 self.version = self._probe()
                 break
             except DatabaseError:
                 if time.monotonic() > deadline:
                     raise self.fail(
-                        'the {} server did not answer within {} s; see its '
-                        'log'.format(self.kind, START_TIMEOUT))
+                        'the {} server did not answer within {} s: '
+                        'check its log (a slow disk? START_TIMEOUT)'.format(self.kind, START_TIMEOUT))
             time.sleep(0.1)  # server start-up: poll until it answers
         self._setup()
 
@@ -294,16 +306,11 @@ class MariaDB(_Server):
     def _popen_kwargs(self):
         return {}
 
-    def _sql(self, statement, user='root'):
-        result = subprocess.run(
+    def _sql(self, statement):
+        return self._client(
             [self.client, '--no-defaults', '--socket=' + self.socket,
-             '--user=' + user, '--batch', '--skip-column-names',
-             '--execute=' + statement],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            timeout=STOP_TIMEOUT)
-        if result.returncode != 0:
-            raise DatabaseError(result.stdout.strip())
-        return result.stdout.strip()
+             '--user=root', '--batch', '--skip-column-names',
+             '--execute=' + statement])
 
     def _probe(self):
         if not os.path.exists(self.socket):
@@ -388,16 +395,12 @@ class PostgreSQL(_Server):
                 '-c', 'unix_socket_permissions=0777']
 
     def _probe(self):
-        result = subprocess.run(
+        version = self._client(
             [os.path.join(self.bin, 'psql'), '-X', '-A', '-t',
              '-h', self.dir, '-p', str(self.port), '-U', 'postgres',
-             '-d', 'postgres', '-c', 'SHOW server_version'],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            timeout=STOP_TIMEOUT)
-        if result.returncode != 0:
-            raise DatabaseError(result.stdout.strip())
-        # e.g. '15.14 (Debian 15.14-0+deb12u1)'
-        return 'PostgreSQL ' + result.stdout.split()[0]
+             '-d', 'postgres', '-c', 'SHOW server_version'])
+        # e.g. '15.18 (Debian 15.18-0+deb12u1)'
+        return 'PostgreSQL ' + version.split()[0]
 
     def _setup(self):
         self.dsn = {'host': self.dir, 'port': self.port, 'user': 'postgres',
@@ -423,9 +426,9 @@ def _smoke_query(server):
         cursor.close()
     finally:
         connection.close()
-    return '{} {}: {!r}'.format(module, driver.__version__
-                                if hasattr(driver, '__version__') else '',
-                                row[1])
+    version = getattr(driver, '__version__', None) or '.'.join(
+        str(part) for part in driver.version_info[:3])
+    return '{} {}: {!r}'.format(module, version.split()[0], row[1])
 
 
 def main():

@@ -1,0 +1,604 @@
+"""Turn one results file of ``scripts/bench`` (``bench/harness.py``) into
+the committed page ``docs/benchmarks.md`` and its chart
+``docs/_static/benchmarks.png``.
+
+    python -m bench.report RESULTS.json [--md PATH] [--png PATH]
+
+Medians are taken here, per metric over each target's runs. A scenario or
+a target without runs is shown as "not measured", and a target of the
+issue that cannot be checked for want of numbers as "n/a".
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from typing import NamedTuple, Tuple
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_MD = os.path.join(REPO_ROOT, 'docs', 'benchmarks.md')
+DEFAULT_PNG = os.path.join(REPO_ROOT, 'docs', '_static', 'benchmarks.png')
+
+TARGET_NAMES = {
+    'threadko': 'threadko',
+    'nameko': 'Nameko',
+    'raw_pika': 'raw pika',
+    'waitress': 'bare waitress',
+}
+OPTION_PREFIX = 'option:'  # an `against` naming a run option, not a target
+
+NOT_MEASURED = 'not measured'
+MET, NOT_MET = '\N{WHITE HEAVY CHECK MARK}', '\N{CROSS MARK}'
+LOWER_MARK = '\N{DOWNWARDS ARROW}'
+
+
+class Metric(NamedTuple):
+    """One number of a run, as a column of the page."""
+    key: str
+    label: str
+    lower_is_better: bool = False
+    summary: str = 'median'  # or 'sum' (over the runs)
+
+
+class Ratio(NamedTuple):
+    """A ratio column: ``metric`` of each row over ``against``'s (a target,
+    or ``option:<name>`` for a run option)."""
+    metric: str
+    against: str
+    label: str
+
+
+class Scenario(NamedTuple):
+    """How one scenario of the results file is shown."""
+    key: str
+    title: str
+    targets: Tuple[str, ...]  # the expected targets, in the order shown
+    metrics: Tuple[Metric, ...]
+    ratios: Tuple[Ratio, ...] = ()
+    chart: Tuple[str, ...] = ()  # metrics that get a panel of the chart
+
+
+CALLS = Metric('calls_per_s', 'calls/s')
+P50 = Metric('p50_ms', 'p50 ms', lower_is_better=True)
+P99 = Metric('p99_ms', 'p99 ms', lower_is_better=True)
+AMQP_TARGETS = ('threadko', 'nameko', 'raw_pika')
+DB_METRICS = (Metric('concurrency', 'concurrency'),
+              Metric('wall_s', 'wall s', lower_is_better=True))
+DB_RATIOS = (Ratio('concurrency', OPTION_PREFIX + 'max_workers',
+                   'concurrency / max_workers'),)
+
+SCENARIOS = (
+    Scenario('rpc_seq', 'RPC, sequential calls', AMQP_TARGETS,
+             (CALLS, P50, P99),
+             (Ratio('calls_per_s', 'raw_pika', '\u00d7 raw pika'),
+              Ratio('calls_per_s', 'nameko', '\u00d7 Nameko')),
+             ('calls_per_s',)),
+    Scenario('rpc_par', 'RPC, calls in parallel', AMQP_TARGETS,
+             (CALLS,),
+             (Ratio('calls_per_s', 'raw_pika', '\u00d7 raw pika'),
+              Ratio('calls_per_s', 'nameko', '\u00d7 Nameko')),
+             ('calls_per_s',)),
+    Scenario('events', 'Events', AMQP_TARGETS,
+             (Metric('events_per_s', 'events/s'),),
+             (Ratio('events_per_s', 'raw_pika', '\u00d7 raw pika'),
+              Ratio('events_per_s', 'nameko', '\u00d7 Nameko')),
+             ('events_per_s',)),
+    Scenario('http', 'HTTP', ('threadko', 'nameko', 'waitress'),
+             (Metric('requests_per_s', 'req/s'), P50, P99,
+              Metric('errors', 'errors', lower_is_better=True,
+                     summary='sum')),
+             (Ratio('requests_per_s', 'waitress', 'req/s \u00d7 waitress'),
+              Ratio('requests_per_s', 'nameko', 'req/s \u00d7 Nameko'),
+              Ratio('p99_ms', 'nameko', 'p99 \u00d7 Nameko')),
+             ('requests_per_s', 'p99_ms')),
+    Scenario('blocking_db_mysql', 'Blocking database calls: MySQLdb',
+             ('threadko', 'nameko'), DB_METRICS, DB_RATIOS,
+             ('concurrency',)),
+    Scenario('blocking_db_postgres', 'Blocking database calls: psycopg2',
+             ('threadko', 'nameko'), DB_METRICS, DB_RATIOS,
+             ('concurrency',)),
+    Scenario('footprint', 'Footprint', AMQP_TARGETS,
+             (Metric('rss_mib', 'RSS MiB', lower_is_better=True),
+              Metric('startup_s', 'start-up s', lower_is_better=True)),
+             (), ('rss_mib', 'startup_s')),
+)
+SCENARIO_BY_KEY = {scenario.key: scenario for scenario in SCENARIOS}
+
+
+class Target(NamedTuple):
+    """A target of the issue: ``target``'s median ``metric`` in
+    ``scenario`` over ``against``'s (a target, or ``option:<name>``) must be
+    ``direction`` (``'>='`` or ``'<='``) ``required``."""
+    scenario: str
+    metric: str
+    target: str
+    against: str
+    required: float
+    direction: str
+
+
+TARGETS = (
+    Target('rpc_seq', 'calls_per_s', 'threadko', 'nameko', 1.5, '>='),
+    Target('rpc_seq', 'calls_per_s', 'threadko', 'raw_pika', 0.6, '>='),
+    Target('rpc_par', 'calls_per_s', 'threadko', 'nameko', 3.0, '>='),
+    Target('rpc_par', 'calls_per_s', 'threadko', 'raw_pika', 0.5, '>='),
+    Target('events', 'events_per_s', 'threadko', 'nameko', 3.0, '>='),
+    Target('events', 'events_per_s', 'threadko', 'raw_pika', 0.5, '>='),
+    Target('http', 'requests_per_s', 'threadko', 'nameko', 1.0, '>='),
+    Target('http', 'requests_per_s', 'threadko', 'waitress', 0.9, '>='),
+    Target('http', 'p99_ms', 'threadko', 'nameko', 1.0, '<='),
+    Target('blocking_db_mysql', 'concurrency', 'threadko',
+           OPTION_PREFIX + 'max_workers', 0.9, '>='),
+)
+
+HOW_MEASURED = (
+    ('Targets',
+     'threadko and Nameko 2.14.1 (under eventlet, in its own virtualenv) '
+     'run the same service classes with their default config apart from '
+     'the broker; raw pika is the simplest correct pika implementation of '
+     'the same wire work (persistent messages, publisher confirms, ack '
+     'after the reply); bare waitress is a waitress + werkzeug app with '
+     "the {web_threads} threads of threadko's web server. Each "
+     "measurement starts the target's server process and a separate "
+     'client process; every round '
+     'measures each target in turn, in a rotating order, {rounds} rounds. '
+     'Tables show the median over the runs.'),
+    ('rpc_seq',
+     '{calls} calls of an echo method one after another from one client '
+     'process, after {warmup} warm-up calls: calls/s over the whole '
+     'batch, p50 and p99 of the per-call latency.'),
+    ('rpc_par',
+     'Calls to the echo method for {duration} s with {in_flight} in '
+     "flight: threadko's client is {in_flight} threads sharing one "
+     "ClusterRpcProxy, Nameko's one greenthread pipelining call_async "
+     '(Nameko 2 proxies cannot be shared between greenthreads), raw '
+     "pika's one thread pipelining by correlation id."),
+    ('events',
+     '{events} events dispatched by one publisher to a service whose '
+     'handler counts them: events/s from the first publish until the '
+     'handler has seen the last event.'),
+    ('http',
+     'GET /hello (a 13-byte text/plain body) from {connections} keep-alive '
+     'connections for {http_seconds} s after a warm-up; requests/s, p50 '
+     'and p99 latency and errors as reported by the load generator.'),
+    ('blocking_db_mysql, blocking_db_postgres',
+     '{concurrency} RPC calls started at once on a service whose every '
+     'call runs one query that sleeps 0.1 s in the database (SELECT '
+     'SLEEP(0.1) through MySQLdb on MariaDB, SELECT pg_sleep(0.1) through '
+     'psycopg2 on PostgreSQL). Concurrency is the database time asked for '
+     '(calls \u00d7 0.1 s) over the wall time; with max_workers '
+     '{max_workers} it can be at most {max_workers}. Only the MySQLdb '
+     'scenario has a target.'),
+    ('footprint',
+     "The echo service started with the framework's own run command (raw "
+     "pika: its server process): start-up is the time from starting the "
+     'process until its first RPC answer, RSS the resident memory of the '
+     'service process after that answer. No target.'),
+)
+
+
+class MissingMatplotlib(RuntimeError):
+    """matplotlib, needed for the chart, is not installed."""
+
+
+# numbers
+
+def median(results, scenario, target, metric):
+    """The median (or, for a ``summary='sum'`` metric, the total) of
+    ``metric`` over ``target``'s runs in ``scenario``; None if no run
+    has it."""
+    runs = _runs(results, scenario, target)
+    values = [run[metric] for run in runs
+              if isinstance(run.get(metric), (int, float))]
+    if not values:
+        return None
+    known = SCENARIO_BY_KEY.get(scenario)
+    summary = {m.key: m.summary for m in known.metrics} if known else {}
+    if summary.get(metric) == 'sum':
+        return sum(values)
+    return statistics.median(values)
+
+
+def _runs(results, scenario, target):
+    entry = (results.get('scenarios') or {}).get(scenario) or {}
+    return ((entry.get('targets') or {}).get(target) or {}).get('runs') or []
+
+
+def _reference(results, scenario, against, metric):
+    if against.startswith(OPTION_PREFIX):
+        value = (results.get('options') or {}).get(
+            against[len(OPTION_PREFIX):])
+        return value if isinstance(value, (int, float)) else None
+    return median(results, scenario, against, metric)
+
+
+def _ratio(value, reference):
+    if value is None or not reference:
+        return None
+    return value / reference
+
+
+def check_targets(results):
+    """The issue's targets (:data:`TARGETS`) against ``results``.
+
+    :param results: a parsed results file.
+    :returns: one dict per target, in :data:`TARGETS` order: its fields
+        (``scenario``, ``metric``, ``target``, ``against``, ``required``,
+        ``direction``), ``value`` and ``reference`` (the two medians, or
+        the run option), ``ratio`` (``value / reference``) and ``met``
+        (True, False, or None when a number is missing).
+    """
+    checked = []
+    for target in TARGETS:
+        value = median(results, target.scenario, target.target,
+                       target.metric)
+        reference = _reference(results, target.scenario, target.against,
+                               target.metric)
+        ratio = _ratio(value, reference)
+        if ratio is None:
+            met = None
+        elif target.direction == '>=':
+            met = ratio >= target.required
+        else:
+            met = ratio <= target.required
+        row = target._asdict()
+        row.update(value=value, reference=reference, ratio=ratio, met=met)
+        checked.append(row)
+    return checked
+
+
+# the page
+
+def _num(value):
+    if value is None:
+        return 'n/a'
+    if isinstance(value, int) and not isinstance(value, bool):
+        return '{:,}'.format(value)
+    if abs(value) >= 100:
+        return '{:,.0f}'.format(value)
+    if abs(value) >= 10:
+        return '{:.1f}'.format(value)
+    return '{:.2f}'.format(value)
+
+
+def _times(ratio):
+    return 'n/a' if ratio is None else '{:.2f}\u00d7'.format(ratio)
+
+
+def _name(target):
+    if target.startswith(OPTION_PREFIX):
+        return '`{}`'.format(target[len(OPTION_PREFIX):])
+    return TARGET_NAMES.get(target, target)
+
+
+def _metric_label(scenario, metric):
+    known = SCENARIO_BY_KEY.get(scenario)
+    for candidate in known.metrics if known else ():
+        if candidate.key == metric:
+            return candidate.label
+    return metric
+
+
+def _cell(text):
+    return ' '.join(str(text).split()).replace('|', '\\|')
+
+
+def _table(header, rows):
+    lines = ['| ' + ' | '.join(header) + ' |',
+             '|' + '|'.join('---' for _ in header) + '|']
+    lines.extend('| ' + ' | '.join(_cell(c) for c in row) + ' |'
+                 for row in rows)
+    return lines
+
+
+def _machine_lines(results):
+    machine = results.get('machine') or {}
+    options = results.get('options') or {}
+
+    def have(*keys):
+        return [machine[k] for k in keys if machine.get(k)]
+
+    hardware = []
+    if machine.get('cpus'):
+        cpu = '{} CPUs'.format(machine['cpus'])
+        if machine.get('cpu_model'):
+            cpu += ' ({})'.format(machine['cpu_model'])
+        hardware.append(cpu)
+    if machine.get('memory_gib'):
+        hardware.append('{} GiB memory'.format(machine['memory_gib']))
+    if machine.get('python'):
+        hardware.append('Python {}'.format(machine['python']))
+    software = []
+    for key, name in (('threadko', 'threadko'), ('nameko', 'Nameko'),
+                      ('eventlet', 'eventlet'), ('kombu', 'kombu'),
+                      ('pika', 'pika'), ('rabbitmq', 'RabbitMQ'),
+                      ('waitress', 'waitress'), ('werkzeug', 'werkzeug'),
+                      ('mariadb', 'MariaDB'), ('postgresql', 'PostgreSQL')):
+        if machine.get(key):
+            software.append('{} {}'.format(name, machine[key]))
+    if machine.get('loadgen'):
+        software.append('load generator {}'.format(machine['loadgen']))
+    lines = ['- Machine: {}.'.format(', '.join(hardware) or 'not recorded'),
+             '- Software: {}.'.format(', '.join(software) or 'not recorded')]
+    run = []
+    if results.get('command'):
+        run.append('`{}`'.format(results['command']))
+    if results.get('started'):
+        run.append('from {} to {}'.format(
+            results['started'], results.get('finished') or '?'))
+    if options:
+        run.append('options: ' + ', '.join(
+            '{} {}'.format(key, options[key]) for key in options))
+    if run:
+        lines.append('- Run: {}.'.format('; '.join(run)))
+    return lines
+
+
+def _targets_section(results):
+    checked = check_targets(results)
+    rows = []
+    for row in checked:
+        label = _metric_label(row['scenario'], row['metric'])
+        measured = '{} {} \u00b7 {} {}'.format(
+            _name(row['target']), _num(row['value']),
+            _name(row['against']), _num(row['reference']))
+        required = '{} {:g}\u00d7'.format(
+            '\u2265' if row['direction'] == '>=' else '\u2264',
+            row['required'])
+        met = {True: MET, False: NOT_MET}.get(
+            row['met'], 'n/a ({})'.format(NOT_MEASURED))
+        rows.append(('`{}` {}: {} / {}'.format(
+            row['scenario'], label, _name(row['target']),
+            _name(row['against'])),
+            measured, _times(row['ratio']), required, met))
+    met_count = sum(1 for row in checked if row['met'])
+    lines = ['## Targets', '',
+             '{} of {} targets met. Ratios are of the medians.'.format(
+                 met_count, len(TARGETS)), '']
+    lines += _table(('target', 'measured', 'ratio', 'required', 'met'), rows)
+    return lines
+
+
+def _scenario_targets(results, scenario):
+    present = list(((results.get('scenarios') or {}).get(scenario.key)
+                    or {}).get('targets') or {})
+    return list(scenario.targets) + sorted(
+        t for t in present if t not in scenario.targets)
+
+
+def _scenario_section(results, scenario):
+    lines = ['### {} (`{}`)'.format(scenario.title, scenario.key), '']
+    if scenario.key not in (results.get('scenarios') or {}):
+        return lines + ['Not measured in this run.']
+    header = ['target', 'runs'] + [
+        m.label + (' ' + LOWER_MARK if m.lower_is_better else '')
+        + (' (total)' if m.summary == 'sum' else '')
+        for m in scenario.metrics] + [r.label for r in scenario.ratios]
+    rows = []
+    for target in _scenario_targets(results, scenario):
+        runs = len(_runs(results, scenario.key, target))
+        row = [_name(target), runs or NOT_MEASURED]
+        row += [_num(median(results, scenario.key, target, m.key))
+                for m in scenario.metrics]
+        for ratio in scenario.ratios:
+            if ratio.against == target:
+                row.append('\u2014')
+                continue
+            row.append(_times(_ratio(
+                median(results, scenario.key, target, ratio.metric),
+                _reference(results, scenario.key, ratio.against,
+                           ratio.metric))))
+        rows.append(row)
+    return lines + _table(header, rows)
+
+
+def _other_scenarios_section(results, key):
+    """A scenario this module does not know: every numeric field."""
+    lines = ['### `{}`'.format(key), '']
+    targets = sorted((results['scenarios'][key] or {}).get('targets') or {})
+    metrics = sorted({name for target in targets
+                      for run in _runs(results, key, target)
+                      for name, value in run.items()
+                      if isinstance(value, (int, float))})
+    rows = [[_name(t), len(_runs(results, key, t)) or NOT_MEASURED]
+            + [_num(median(results, key, t, m)) for m in metrics]
+            for t in targets]
+    return lines + _table(['target', 'runs'] + metrics, rows)
+
+
+def _errors_section(results):
+    errors = results.get('errors') or []
+    if not errors:
+        return []
+    rows = [(e.get('scenario', '?'), _name(e.get('target', '?')),
+             e.get('round', '?'), str(e.get('error', '')).strip())
+            for e in errors]
+    return (['### Failed runs', '',
+             'These runs are left out of the medians above.', '']
+            + _table(('scenario', 'target', 'round', 'error'), rows))
+
+
+class _Options(dict):
+    def __missing__(self, key):
+        return '?'
+
+
+def _how_measured_section(results):
+    options = _Options(results.get('options') or {})
+    lines = ['## How it was measured']
+    for title, text in HOW_MEASURED:
+        lines += ['', '**{}.** {}'.format(title, text.format_map(options))]
+    return lines
+
+
+def markdown(results, image_link='_static/benchmarks.png'):
+    """The text of the page for ``results``, with the chart at
+    ``image_link`` (relative to the page)."""
+    started = results.get('started') or ''
+    date = started[:10] or 'an unknown date'
+    lines = [
+        '# Benchmarks', '',
+        'Generated by `scripts/bench` on {}: do not edit by hand; '
+        'regenerate with `python -m bench.report <json>`.'.format(date), '',
+    ]
+    lines += _machine_lines(results)
+    lines += [''] + _targets_section(results)
+    lines += ['', '## Results', '',
+              'Medians over the runs of each target. Columns marked {} are '
+              'lower-is-better, all others higher-is-better; a ratio is '
+              "the row's median over the named target's.".format(
+                  LOWER_MARK)]
+    for scenario in SCENARIOS:
+        lines += [''] + _scenario_section(results, scenario)
+    for key in (results.get('scenarios') or {}):
+        if key not in SCENARIO_BY_KEY:
+            lines += [''] + _other_scenarios_section(results, key)
+    errors = _errors_section(results)
+    if errors:
+        lines += [''] + errors
+    lines += ['', '## Chart', '',
+              '![Benchmark medians per scenario]({})'.format(image_link),
+              '']
+    lines += _how_measured_section(results)
+    return '\n'.join(lines) + '\n'
+
+
+# the chart
+
+COLOURS = {'threadko': '#2b6cb0', 'nameko': '#dd6b20',
+           'raw_pika': '#718096', 'waitress': '#718096'}
+OTHER_COLOUR = '#38a169'
+
+
+def _matplotlib():
+    try:
+        import matplotlib  # noqa: F401 (only to fail early and clearly)
+    except ImportError:
+        raise MissingMatplotlib(
+            'the benchmark chart needs matplotlib: pip install -e .[bench]')
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    return Figure, FigureCanvasAgg
+
+
+def chart(results, png_path):
+    """Write the chart of ``results`` to ``png_path``: one bar panel per
+    charted metric of each scenario, the medians labelled.
+
+    :raises MissingMatplotlib: if matplotlib is not installed.
+    """
+    Figure, FigureCanvasAgg = _matplotlib()
+    panels = [(scenario, metric)
+              for scenario in SCENARIOS for metric in scenario.metrics
+              if metric.key in scenario.chart]
+    columns = 3
+    rows = -(-len(panels) // columns)
+    figure = Figure(figsize=(12, 8), dpi=100)
+    FigureCanvasAgg(figure)  # Agg, whatever pyplot's backend is
+    date = (results.get('started') or '')[:10]
+    figure.suptitle('threadko, Nameko 2.14.1 and raw pika: medians'
+                    + (' ({})'.format(date) if date else ''), fontsize=13)
+    for index, (scenario, metric) in enumerate(panels):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        _panel(axes, results, scenario, metric)
+    figure.tight_layout(rect=(0, 0, 1, 0.96))
+    figure.savefig(os.fspath(png_path), format='png', dpi=100,
+                   metadata={'Software': None})
+
+
+def _panel(axes, results, scenario, metric):
+    better = 'lower' if metric.lower_is_better else 'higher'
+    axes.set_title('{}: {}\n({} is better)'.format(
+        scenario.key, metric.label, better), fontsize=10)
+    axes.tick_params(labelsize=9)
+    if scenario.key not in (results.get('scenarios') or {}):
+        axes.text(0.5, 0.5, NOT_MEASURED, ha='center', va='center',
+                  transform=axes.transAxes, color='#718096')
+        axes.set_xticks([])
+        axes.set_yticks([])
+        return
+    targets = _scenario_targets(results, scenario)
+    values = [median(results, scenario.key, t, metric.key) for t in targets]
+    top = max([v for v in values if v is not None] or [1]) or 1
+    for x, (target, value) in enumerate(zip(targets, values)):
+        if value is None:
+            axes.text(x, 0, 'n/a', ha='center', va='bottom', fontsize=9,
+                      color='#718096')
+            continue
+        axes.bar(x, value, width=0.6,
+                 color=COLOURS.get(target, OTHER_COLOUR))
+        axes.text(x, value + top * 0.02, _num(value), ha='center',
+                  va='bottom', fontsize=9)
+    limit = top * 1.2
+    if scenario.ratios and scenario.ratios[0].against.startswith(
+            OPTION_PREFIX) and metric.key == scenario.ratios[0].metric:
+        ceiling = _reference(results, scenario.key,
+                             scenario.ratios[0].against, metric.key)
+        if ceiling:
+            axes.axhline(ceiling, color='#a0aec0', linestyle='--',
+                         linewidth=1)
+            axes.text(len(targets) - 0.5, ceiling, _name(
+                scenario.ratios[0].against).strip('`') + ' ' + _num(ceiling),
+                ha='right', va='bottom', fontsize=8, color='#4a5568')
+            limit = max(limit, ceiling * 1.2)
+    axes.set_ylim(0, limit)
+    axes.set_xlim(-0.6, len(targets) - 0.4)
+    axes.set_xticks(range(len(targets)))
+    axes.set_xticklabels([_name(t) for t in targets])
+    for side in ('top', 'right'):
+        axes.spines[side].set_visible(False)
+
+
+# both
+
+def render(results, md_path, png_path):
+    """Write the page for ``results`` to ``md_path`` and its chart to
+    ``png_path`` (directories are made as needed); the page links the
+    chart by its path relative to the page.
+
+    :param results: a parsed results file.
+    :raises MissingMatplotlib: if matplotlib is not installed (checked
+        before anything is written).
+    """
+    _matplotlib()
+    md_path, png_path = os.fspath(md_path), os.fspath(png_path)
+    link = os.path.relpath(os.path.abspath(png_path),
+                           os.path.dirname(os.path.abspath(md_path)))
+    for path in (md_path, png_path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(md_path, 'w', encoding='utf-8') as page:
+        page.write(markdown(results, link.replace(os.sep, '/')))
+    chart(results, png_path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog='python -m bench.report',
+        description='Write docs/benchmarks.md and its chart from a '
+                    'results file of scripts/bench.')
+    parser.add_argument('results', help='a bench/results/*.json file')
+    parser.add_argument('--md', default=DEFAULT_MD,
+                        help='the page (default: docs/benchmarks.md)')
+    parser.add_argument('--png', default=DEFAULT_PNG,
+                        help='the chart (default: '
+                             'docs/_static/benchmarks.png)')
+    args = parser.parse_args(argv)
+    with open(args.results, encoding='utf-8') as file:
+        results = json.load(file)
+    try:
+        render(results, args.md, args.png)
+    except MissingMatplotlib as exc:
+        print('error: {}'.format(exc), file=sys.stderr)
+        return 2
+    print('wrote {} and {}'.format(args.md, args.png))
+    for row in check_targets(results):
+        mark = {True: 'met', False: 'NOT met'}.get(row['met'], 'n/a')
+        print('  {:<18} {:<15} vs {:<20} {} {} {}: {}'.format(
+            row['scenario'], row['metric'], row['against'],
+            _times(row['ratio']), row['direction'], row['required'], mark))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
