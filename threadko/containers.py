@@ -22,6 +22,7 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 from threadko import serialization
 from threadko.configuration import config as global_config
@@ -170,14 +171,35 @@ class _WorkerSlots:
         self.busy = 0
         self.closed_reason = None
         self._cond = threading.Condition(threading.Lock())
+        self._reserved = threading.local()
 
     def acquire(self):
+        if getattr(self._reserved, 'held', False):
+            self._reserved.held = False  # taken by try_reserve, on this thread
+            return
         with self._cond:
             while self.busy >= self.size and self.closed_reason is None:
                 self._cond.wait()
             if self.closed_reason is not None:
                 raise ContainerBeingKilled(self.closed_reason)
             self.busy += 1
+
+    def try_reserve(self):
+        """Take a slot now if one is free, for the next :meth:`acquire` on
+        this thread; returns whether it did."""
+        with self._cond:
+            if self.busy >= self.size or self.closed_reason is not None:
+                return False
+            self.busy += 1
+        self._reserved.held = True
+        return True
+
+    def cancel_reservation(self):
+        """Give back a slot :meth:`try_reserve` took and no :meth:`acquire`
+        used."""
+        if getattr(self._reserved, 'held', False):
+            self._reserved.held = False
+            self.release()
 
     def release(self):
         with self._cond:
@@ -491,6 +513,20 @@ class ServiceContainer:
                 raise ContainerBeingKilled()
             raise
         return worker_ctx
+
+    @contextmanager
+    def reserved_worker_slot(self):
+        """For a thread that must not block on a busy pool (a consumer
+        thread): yields True if a worker slot was free and is now reserved
+        for this thread's next :meth:`spawn_worker` or :meth:`run_worker`,
+        which then does not block; yields False if none was free. A
+        reservation no worker used is given back on exit."""
+        reserved = self._worker_slots.try_reserve()
+        try:
+            yield reserved
+        finally:
+            if reserved:
+                self._worker_slots.cancel_reservation()
 
     def run_worker(self, entrypoint, args, kwargs, context_data=None,
                    handle_result=None):

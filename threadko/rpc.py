@@ -18,12 +18,14 @@ number of workers may wait at once.
 import logging
 import sys
 import threading
+import time
 import uuid
 from functools import partial
 
 from threadko.amqp.consumer import QueueConsumer
 from threadko.amqp.entities import Exchange, Queue
 from threadko.amqp.headers import decode_from_headers, encode_to_headers
+from threadko.amqp.loop_publish import PublishNotConfirmed
 from threadko.amqp.publish import Publisher, SharedProducerPool
 from threadko.constants import (
     DEFAULT_SERIALIZER, RPC_EXCHANGE_CONFIG_KEY,
@@ -66,23 +68,41 @@ def reply_queue(exchange, owner_name, reply_key):
 
 
 class Responder:
-    """Publishes the reply to one request message."""
+    """Publishes the reply to one request message.
 
-    def __init__(self, publisher, exchange_name, message, serializer=None):
+    :param publisher: the :class:`~threadko.amqp.publish.Publisher` that
+        encodes the reply
+    :param loop_publisher: when given, the reply is published on the
+        consumer connection without waiting for its confirm (see
+        :mod:`threadko.amqp.loop_publish`); else through ``publisher``
+    """
+
+    def __init__(self, publisher, exchange_name, message, serializer=None,
+                 loop_publisher=None):
         self.publisher = publisher
         self.exchange_name = exchange_name
         self.message = message
         self.serializer = serializer
+        self.loop_publisher = loop_publisher
 
-    def send_response(self, result, exc_info):
+    def send_response(self, result, exc_info, on_done=None):
         """Publish ``result`` or the error in ``exc_info``; return the
         ``(result, exc_info)`` that was sent (an unserialisable result is
-        replaced by an :class:`UnserializableValueError`)."""
+        replaced by an :class:`UnserializableValueError`).
+
+        ``on_done(error)`` is called once the reply is confirmed (``error``
+        None) or could not be published: at once with the pool publisher
+        (whose errors raise instead), later with the loop publisher. No
+        reply is sent, and ``on_done(None)`` is called at once, for a
+        request without ``reply_to``.
+        """
         properties = self.message.properties
         reply_to = properties.reply_to
         if not reply_to:
             _log.error('Cannot reply to %s: the request has no reply_to',
                        self.message)
+            if on_done is not None:
+                on_done(None)
             return result, exc_info
 
         serializer = self.serializer
@@ -92,18 +112,28 @@ class Responder:
             serializer = codec.name if codec else DEFAULT_SERIALIZER
 
         error = serialize(exc_info[1]) if exc_info is not None else None
-        publish = partial(
-            self.publisher.publish, exchange=self.exchange_name,
+        prepare = partial(
+            self.publisher.prepare, exchange=self.exchange_name,
             routing_key=reply_to, serializer=serializer,
             correlation_id=properties.correlation_id)
         try:
-            publish({'result': result, 'error': error})
+            outgoing = prepare({'result': result, 'error': error})
         except serialization.EncodeError:
             exc = UnserializableValueError(result)
             _log.error('Cannot reply to %s: %s', self.message, exc)
             result = None
             exc_info = (type(exc), exc, None)
-            publish({'result': None, 'error': serialize(exc)})
+            outgoing = prepare({'result': None, 'error': serialize(exc)})
+
+        loop_publisher = self.loop_publisher
+        if loop_publisher is not None and outgoing.can_publish_on_loop:
+            loop_publisher.publish(
+                outgoing.exchange, outgoing.routing_key, outgoing.body,
+                outgoing.properties, outgoing.mandatory, on_done)
+        else:
+            self.publisher.send(outgoing)
+            if on_done is not None:
+                on_done(None)
         return result, exc_info
 
 
@@ -213,19 +243,33 @@ class Rpc(Entrypoint):
             message.requeue()
 
     def handle_result(self, message, worker_ctx, result, exc_info):
-        """Reply, then ack (Nameko's order): if the process dies between
-        the two, the request is redelivered rather than lost."""
+        """Reply, then ack once the broker confirmed the reply (Nameko's
+        order): if the process dies between the two, the request is
+        redelivered rather than lost.
+
+        The reply goes out on the connection the request came in on, from
+        its consumer thread, and the worker does not wait for the confirm:
+        if that connection is lost first, the broker requeues the request.
+        """
+        rpc_consumer = self.rpc_consumer
         responder = Responder(
-            self.rpc_consumer.publisher, self.rpc_consumer.exchange.name,
-            message)
+            rpc_consumer.publisher, rpc_consumer.exchange.name, message,
+            loop_publisher=rpc_consumer.queue_consumer.publisher)
+
+        def on_done(error):
+            if error is None:
+                message.ack()
+            else:
+                _log.error('Could not publish the reply to %s (%s); '
+                           'requeueing it', message, error)
+                message.requeue()
         try:
-            result, exc_info = responder.send_response(result, exc_info)
+            result, exc_info = responder.send_response(
+                result, exc_info, on_done)
         except Exception:
             _log.exception(
                 'Could not publish the reply to %s; requeueing it', message)
             message.requeue()
-            return result, exc_info
-        message.ack()
         return result, exc_info
 
 
@@ -241,14 +285,18 @@ def _exc_info(exc):
 
 class PendingReply:
     """Where one call's reply body arrives (from the reply consumer's
-    thread) and its caller waits for it."""
+    thread) and its caller waits for it. The request's publish outcome
+    arrives here too when it is published without waiting (see
+    :mod:`threadko.amqp.loop_publish`): a failure wakes the caller."""
 
-    __slots__ = ('_event', 'body', 'error')
+    __slots__ = ('_event', 'body', 'error', 'publish_error', '_confirmed')
 
     def __init__(self):
         self._event = threading.Event()
         self.body = None
         self.error = None
+        self.publish_error = None
+        self._confirmed = None  # an Event, for callers that wait for it
 
     def set(self, body):
         self.body = body
@@ -258,8 +306,30 @@ class PendingReply:
         self.error = error
         self._event.set()
 
+    def published(self, error):
+        """The request's publish outcome (``error`` None: confirmed)."""
+        if error is not None:
+            self.publish_error = error
+            self._event.set()
+        confirmed = self._confirmed
+        if confirmed is not None:
+            confirmed.set()
+
+    def expect_confirm(self):
+        """Before publishing: make :meth:`wait_published` possible."""
+        self._confirmed = threading.Event()
+
+    def wait_published(self):
+        self._confirmed.wait()
+
     def wait(self, timeout=None):
         return self._event.wait(timeout)
+
+    def rearm(self):
+        """Forget a publish failure that the caller has dealt with."""
+        self.publish_error = None
+        if self.body is None and self.error is None:
+            self._event.clear()
 
 
 class ReplyRegistry:
@@ -308,10 +378,13 @@ class RpcReply:
     or raises the remote exception; later calls return (or raise) the same.
     """
 
-    def __init__(self, pending, registry, correlation_id, timeout=None):
+    def __init__(self, pending, client, correlation_id, outgoing,
+                 service_name, timeout=None):
         self._pending = pending
-        self._registry = registry
+        self._client = client
         self._correlation_id = correlation_id
+        self._outgoing = outgoing
+        self._service_name = service_name
         self._timeout = timeout
 
     @property
@@ -319,17 +392,26 @@ class RpcReply:
         return self._correlation_id
 
     def result(self):
+        pending = self._pending
+        deadline = (None if self._timeout is None
+                    else time.monotonic() + self._timeout)
         try:
-            arrived = self._pending.wait(self._timeout)
+            while True:
+                timeout = (None if deadline is None
+                           else max(0.0, deadline - time.monotonic()))
+                if not pending.wait(timeout):
+                    raise RpcTimeout(self._timeout)
+                if pending.error is not None or pending.body is not None:
+                    break
+                # the request was not published: publish it again, or fail
+                self._client.handle_publish_error(
+                    pending, self._outgoing, self._service_name)
         except BaseException:  # e.g. KeyboardInterrupt: stop waiting
-            self._registry.discard(self._correlation_id)
+            self._client.registry.discard(self._correlation_id)
             raise
-        if not arrived:
-            self._registry.discard(self._correlation_id)
-            raise RpcTimeout(self._timeout)
-        if self._pending.error is not None:
-            raise self._pending.error
-        body = self._pending.body
+        if pending.error is not None:
+            raise pending.error
+        body = pending.body
         if body.get('error'):
             raise deserialize(body['error'])
         return body.get('result')
@@ -337,45 +419,101 @@ class RpcReply:
 
 class RpcClient:
     """What every proxy needs to make calls: a publisher, the RPC exchange,
-    the reply registry and this caller's reply routing key."""
+    the reply registry and this caller's reply routing key.
+
+    :param get_loop_publisher: returns the
+        :class:`~threadko.amqp.loop_publish.LoopPublisher` of the connection
+        that consumes the replies (or None): requests are published there
+        without a thread waiting for each confirm. Else, and to publish a
+        request again after that connection was lost, ``publisher`` is used
+        (with its retry policy).
+    """
 
     #: raised by calls once the owner has stopped
     closed_error = None
 
     def __init__(self, publisher, exchange_name, registry, reply_to,
-                 timeout=None):
+                 timeout=None, get_loop_publisher=None):
         self.publisher = publisher
         self.exchange_name = exchange_name
         self.registry = registry
         self.reply_to = reply_to
         self.timeout = timeout
+        self.get_loop_publisher = get_loop_publisher or (lambda: None)
 
     def call_async(self, service_name, method_name, args, kwargs,
                    context_data):
-        """Publish a request and return its :class:`RpcReply`.
+        """Publish a request, wait for the broker to confirm it, and return
+        its :class:`RpcReply`.
 
         :raises UnknownService: no queue is bound for ``service_name``
         :raises serialization.EncodeError: the arguments cannot be encoded
         """
+        return self._call(service_name, method_name, args, kwargs,
+                          context_data, wait_for_confirm=True)
+
+    def call(self, service_name, method_name, args, kwargs, context_data):
+        """Publish a request and return its result: like
+        ``call_async(...).result()``, without a separate wait for the
+        confirm (the reply implies it; a failure to publish still raises,
+        ``UnknownService`` included)."""
+        return self._call(service_name, method_name, args, kwargs,
+                          context_data, wait_for_confirm=False).result()
+
+    def _call(self, service_name, method_name, args, kwargs, context_data,
+              wait_for_confirm):
         if self.closed_error is not None:
             raise self.closed_error
         correlation_id = str(uuid.uuid4())
+        outgoing = self.publisher.prepare(
+            {'args': args, 'kwargs': kwargs},
+            extra_headers=encode_to_headers(context_data),
+            exchange=self.exchange_name,
+            routing_key='{}.{}'.format(service_name, method_name),
+            mandatory=True, reply_to=self.reply_to,
+            correlation_id=correlation_id)
         pending = self.registry.register(correlation_id)
         try:
-            self.publisher.publish(
-                {'args': args, 'kwargs': kwargs},
-                extra_headers=encode_to_headers(context_data),
-                exchange=self.exchange_name,
-                routing_key='{}.{}'.format(service_name, method_name),
-                mandatory=True, reply_to=self.reply_to,
-                correlation_id=correlation_id)
-        except UndeliverableMessage:
-            self.registry.discard(correlation_id)
-            raise UnknownService(service_name)
+            loop_publisher = self.get_loop_publisher()
+            if loop_publisher is None or not outgoing.can_publish_on_loop:
+                self._send(outgoing, service_name)
+            else:
+                if wait_for_confirm:
+                    pending.expect_confirm()
+                loop_publisher.publish(
+                    outgoing.exchange, outgoing.routing_key, outgoing.body,
+                    outgoing.properties, mandatory=True,
+                    on_done=pending.published)
+                if wait_for_confirm:
+                    pending.wait_published()
+                    if pending.publish_error is not None:
+                        self.handle_publish_error(
+                            pending, outgoing, service_name)
         except BaseException:
             self.registry.discard(correlation_id)
             raise
-        return RpcReply(pending, self.registry, correlation_id, self.timeout)
+        return RpcReply(pending, self, correlation_id, outgoing,
+                        service_name, self.timeout)
+
+    def handle_publish_error(self, pending, outgoing, service_name):
+        """A request published on the loop was not confirmed: raise what
+        the caller should see, or publish it again through the pool when
+        the connection was lost (the pool retries per its policy)."""
+        error = pending.publish_error
+        if isinstance(error, UndeliverableMessage):
+            raise UnknownService(service_name)
+        if not isinstance(error, PublishNotConfirmed):
+            raise error
+        _log.debug('publishing %s again: %s', outgoing.properties
+                   .correlation_id, error)
+        pending.rearm()
+        self._send(outgoing, service_name)
+
+    def _send(self, outgoing, service_name):
+        try:
+            self.publisher.send(outgoing)
+        except UndeliverableMessage:
+            raise UnknownService(service_name)
 
 
 class MethodProxy:
@@ -389,7 +527,9 @@ class MethodProxy:
         self._get_context_data = get_context_data
 
     def __call__(self, *args, **kwargs):
-        return self.call_async(*args, **kwargs).result()
+        return self.client.call(
+            self.service_name, self.method_name, list(args), kwargs,
+            self._get_context_data())
 
     def call_async(self, *args, **kwargs):
         return self.client.call_async(
@@ -498,7 +638,8 @@ class _RpcDependency(DependencyProvider):
             Publisher(self.producers.pool,
                       serializer=self.container.serializer, **self.options),
             get_rpc_exchange(config).name, listener.registry,
-            listener.reply_key)
+            listener.reply_key,
+            get_loop_publisher=lambda: listener.queue_consumer.publisher)
 
 
 class RpcProxy(_RpcDependency):

@@ -6,9 +6,10 @@ connection, as in Nameko 2. Its *consumer thread* owns the pika connection:
 it declares the queues, consumes with ``prefetch_count = max_workers`` per
 queue, and sends every ack and requeue (worker threads hand those over with
 ``add_callback_threadsafe``). It never blocks on the worker pool, so
-heartbeats keep flowing while all workers are busy: deliveries for
-entrypoints go to a *dispatcher thread*, which decodes them and waits for a
-worker slot. The backlog it can hold is bounded by the prefetch counts.
+heartbeats keep flowing while all workers are busy: a delivery goes straight
+to a worker when one is free, else to a *dispatcher thread*, which decodes
+it and waits for a worker slot. The backlog it can hold is bounded by the
+prefetch counts.
 
 When the connection is lost, the consumer thread reconnects with back-off,
 redeclares and resumes. Acks for deliveries of the lost connection are
@@ -23,6 +24,7 @@ from functools import partial
 import pika.exceptions
 
 from threadko.amqp.connection import CONNECTION_ERRORS, Connector
+from threadko.amqp.loop_publish import LoopPublisher
 from threadko.amqp.publish import DECOMPRESSORS
 from threadko.constants import DEFAULT_HEARTBEAT, HEARTBEAT_CONFIG_KEY
 from threadko.exceptions import ConfigurationError
@@ -138,11 +140,15 @@ class Message:
         if not self.channel.is_open:
             _log.debug('not settling %s: its channel is closed', self)
             return
+        # pika's asynchronous core only buffers the frame, which the
+        # consumer loop's next poll sends: no flush per ack, and safe inside
+        # pika callbacks (confirms settle requests from there)
+        channel = getattr(self.channel, '_impl', self.channel)
         try:
             if action == 'ack':
-                self.channel.basic_ack(self.delivery_tag)
+                channel.basic_ack(self.delivery_tag)
             else:
-                self.channel.basic_nack(
+                channel.basic_nack(
                     self.delivery_tag, requeue=(action == 'requeue'))
         except (pika.exceptions.AMQPError,) + CONNECTION_ERRORS:
             _log.debug('could not %s %s', action, self, exc_info=True)
@@ -174,6 +180,8 @@ class ConsumerLoop:
         # clients would rather fail than wait forever for a broker
         self.give_up_first_connect = give_up_first_connect
         self.connection = None  # for other threads' call_soon
+        #: publishes on this loop's connection (see loop_publish)
+        self.publisher = LoopPublisher(self)
         self._stopping = threading.Event()
         self._ready = _Ready()
         self._waiters = set()
@@ -232,12 +240,14 @@ class ConsumerLoop:
             finally:
                 self.connection = None
                 _close_quietly(connection)
+                self.publisher.detach()
 
     def _consume(self, connection):
         channel = connection.channel()
         self.on_connect(connection, channel)
         # from now on other threads may send callbacks to this connection
         self.connection = connection
+        self.publisher.attach(connection)
         self._ready.succeed()
         while not self._stopping.is_set():
             connection.process_data_events(time_limit=POLL_INTERVAL)
@@ -359,6 +369,13 @@ class QueueConsumer(ProviderCollector, SharedExtension):
                 thread.join(join_timeout)
         self.consumer_thread = self._dispatcher_thread = None
 
+    @property
+    def publisher(self):
+        """The :class:`~threadko.amqp.loop_publish.LoopPublisher` of the
+        consumer connection (None until started)."""
+        loop = self._loop
+        return loop.publisher if loop is not None else None
+
     # -- providers ---------------------------------------------------------
 
     def register_provider(self, provider):
@@ -417,8 +434,19 @@ class QueueConsumer(ProviderCollector, SharedExtension):
             message.requeue()
         elif getattr(provider, 'consume_on_consumer_thread', False):
             self._deliver(provider, message)
-        else:
+        elif not self._deliver_if_worker_free(provider, message):
             self._dispatch_queue.put((provider, message))
+
+    def _deliver_if_worker_free(self, provider, message):
+        """Hand the message to a worker straight from this thread when one
+        is free and nothing waits before it (saves a thread switch); the
+        dispatcher thread does the waiting otherwise."""
+        if not self._dispatch_queue.empty():
+            return False
+        with self.container.reserved_worker_slot() as reserved:
+            if reserved:
+                self._deliver(provider, message)
+            return reserved
 
     # -- dispatcher thread -------------------------------------------------
 

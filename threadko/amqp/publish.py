@@ -13,6 +13,7 @@ import threading
 import time
 import warnings
 import zlib
+from collections import namedtuple
 
 import pika
 import pika.exceptions
@@ -212,6 +213,20 @@ class ProducerPool:
             producer.close()
 
 
+class Outgoing(namedtuple('Outgoing', [
+        'body', 'exchange', 'routing_key', 'properties', 'mandatory',
+        'declare', 'use_confirms', 'retry', 'retry_policy'])):
+    """A message encoded by :meth:`Publisher.prepare`, ready to publish."""
+
+    __slots__ = ()
+
+    @property
+    def can_publish_on_loop(self):
+        """Whether a :class:`~threadko.amqp.loop_publish.LoopPublisher` can
+        publish it: confirmed, and nothing to declare first."""
+        return self.use_confirms and not self.declare
+
+
 class Publisher:
     """Publishes payloads with Nameko's defaults, overridable per instance
     and per call.
@@ -250,6 +265,14 @@ class Publisher:
 
         :raises serialization.EncodeError: the payload cannot be encoded;
             nothing was published
+        """
+        self.send(self.prepare(payload, extra_headers, **kwargs))
+
+    def prepare(self, payload, extra_headers=None, **kwargs):
+        """Encode ``payload`` with the options, as :meth:`publish` would;
+        return the :class:`Outgoing` message without publishing it.
+
+        :raises serialization.EncodeError: the payload cannot be encoded
         """
         options = dict(self.options)
         headers = dict(options.pop('headers', None) or {})
@@ -290,10 +313,10 @@ class Publisher:
             warnings.warn(
                 'Mandatory delivery was requested, but unroutable messages '
                 'cannot be detected without publish confirms: enable '
-                '`use_confirms`.', UserWarning, stacklevel=2)
+                '`use_confirms`.', UserWarning, stacklevel=3)
 
-        self.pool.publish(
-            body,
+        return Outgoing(
+            body=body,
             exchange=exchange,
             routing_key=options.pop('routing_key', ''),
             properties=pika.BasicProperties(
@@ -304,6 +327,11 @@ class Publisher:
             retry=options.pop('retry'),
             retry_policy=options.pop('retry_policy', None),
         )
+
+    def send(self, outgoing):
+        """Publish a prepared message through the pool (blocking until the
+        broker confirmed it, with confirms)."""
+        self.pool.publish(**outgoing._asdict())
 
 
 class SharedProducerPool(SharedExtension):

@@ -84,9 +84,11 @@ class _ClientBase:
 
         options = dict(self.publisher_options)
         options.setdefault('serializer', serializer)
+        loop = self._loop
         self._client = RpcClient(
             Publisher(self._pool, **options), exchange.name,
-            self._registry, reply_key, timeout=self.timeout)
+            self._registry, reply_key, timeout=self.timeout,
+            get_loop_publisher=lambda: loop.publisher)
 
         # one call id per client, as Nameko 2 standalone proxies have
         self._call_id = '{}.call.{}'.format(

@@ -1,0 +1,262 @@
+"""Publishing on a consumer thread's own connection, confirmed without
+waiting.
+
+A :class:`LoopPublisher` belongs to a
+:class:`~threadko.amqp.consumer.ConsumerLoop`. Any thread may hand it a
+message; the loop's thread publishes it on a confirm-mode channel of the
+loop's connection and calls the message's ``on_done(error)`` when the
+broker has confirmed it (``error`` is None), returned it as unroutable
+(:class:`~threadko.exceptions.UndeliverableMessage`), refused it, or the
+connection went away first. Nothing waits in between, so many messages are
+in flight at once and the broker batches its disk writes for them; a burst
+of messages from many threads costs one wake-up of the loop.
+
+This is the hot path of RPC: services publish replies this way (and ack
+the request in ``on_done``, on the same connection that received it), and
+RPC callers publish requests this way. Every ``on_done`` is called exactly
+once: on the loop's thread, or on the caller's thread when there is no
+connection to publish on. It must not block.
+"""
+
+import logging
+import threading
+from collections import deque
+
+import pika
+import pika.exceptions
+
+from threadko.amqp.connection import CONNECTION_ERRORS
+from threadko.exceptions import BrokerRefused, UndeliverableMessage
+
+_log = logging.getLogger(__name__)
+
+
+class PublishNotConfirmed(ConnectionError):
+    """The connection or channel a message was published on went away
+    before the broker confirmed it; it may or may not have been routed."""
+
+
+class LoopPublisher:
+    """Publishes for a consumer loop (see the module docstring).
+
+    The loop calls :meth:`attach` with each new connection and
+    :meth:`detach` when it is lost or closed, both on its own thread.
+    """
+
+    def __init__(self, loop):
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._outbox = deque()  # messages not yet published
+        self._attached = False
+        self._wake_scheduled = False
+        self._connection = None
+        self._channel = None
+
+    # -- any thread ----------------------------------------------------------
+
+    def publish(self, exchange, routing_key, body, properties,
+                mandatory=False, on_done=None):
+        """Publish from the loop's thread; ``on_done(error)`` when settled.
+
+        With ``mandatory``, ``properties.correlation_id`` must be unique
+        among the messages in flight: it identifies a returned message.
+        """
+        message = _Outgoing(exchange, routing_key, body, properties,
+                            mandatory, on_done)
+        with self._lock:
+            attached = self._attached
+            if attached:
+                self._outbox.append(message)
+                wake = not self._wake_scheduled
+                self._wake_scheduled = True
+        if not attached:
+            message.done(PublishNotConfirmed(
+                'not connected to the broker'))
+        elif wake and not self._loop.call_soon(self._flush):
+            pass  # the connection is going: detach() fails the outbox
+
+    # -- the loop's thread ------------------------------------------------
+
+    def attach(self, connection):
+        self._connection = connection
+        self._channel = None
+        with self._lock:
+            self._attached = True
+            self._wake_scheduled = bool(self._outbox)
+        if self._outbox:
+            self._loop.call_soon(self._flush)
+
+    def detach(self, error=None):
+        """Fail every message not yet confirmed (the connection is gone)."""
+        with self._lock:
+            self._attached = False
+            self._wake_scheduled = False
+            waiting, self._outbox = list(self._outbox), deque()
+        channel, self._channel = self._channel, None
+        self._connection = None
+        failure = PublishNotConfirmed(
+            'the connection to the broker was lost{}'.format(
+                ': {}'.format(error) if error else ''))
+        if channel is not None:
+            channel.fail_all(failure)
+        for message in waiting:
+            message.done(failure)
+
+    def _flush(self):
+        with self._lock:
+            self._wake_scheduled = False
+            messages, self._outbox = self._outbox, deque()
+        if not messages:
+            return
+        channel = self._channel
+        try:
+            if channel is None or channel.closed is not None:
+                channel = self._open_channel()
+        except CONNECTION_ERRORS + (pika.exceptions.AMQPError,) as exc:
+            for message in messages:
+                message.done(PublishNotConfirmed(
+                    'could not open a channel: {!r}'.format(exc)))
+            return
+        channel.publish(messages)
+
+    def _open_channel(self):
+        if isinstance(self._connection, pika.BlockingConnection):
+            self._channel = _PikaConfirmChannel(self._connection)
+        else:
+            self._channel = _SyncConfirmChannel(self._connection)
+        return self._channel
+
+
+class _Outgoing:
+    __slots__ = ('exchange', 'routing_key', 'body', 'properties',
+                 'mandatory', 'on_done', 'returned')
+
+    def __init__(self, exchange, routing_key, body, properties, mandatory,
+                 on_done):
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.body = body
+        self.properties = properties
+        self.mandatory = mandatory
+        self.on_done = on_done
+        self.returned = False
+
+    def done(self, error=None):
+        if self.on_done is None:
+            return
+        on_done, self.on_done = self.on_done, None
+        try:
+            on_done(error)
+        except Exception:
+            _log.exception('error in the callback of a published message')
+
+    def undeliverable(self):
+        return UndeliverableMessage(
+            'No queue is bound to exchange {!r} for routing key {!r}'
+            .format(self.exchange, self.routing_key))
+
+
+class _PikaConfirmChannel:
+    """A pika channel in confirm mode, used through its asynchronous core:
+    publishing does not wait, confirms arrive as callbacks (RabbitMQ sends
+    a message's ``basic.return`` before its ``basic.ack``)."""
+
+    def __init__(self, connection):
+        self._blocking = connection.channel()  # opening may block briefly
+        self._impl = impl = self._blocking._impl
+        self._unconfirmed = {}  # delivery tag -> _Outgoing
+        self._returnable = {}  # correlation id -> _Outgoing (mandatory)
+        self._next_tag = 1
+        impl.confirm_delivery(self._on_confirm)  # no callback: nowait
+        impl.add_on_return_callback(self._on_return)
+        impl.add_on_close_callback(self._on_close)
+        self.closed = None
+
+    def publish(self, messages):
+        impl = self._impl
+        for message in messages:
+            if self.closed is not None:
+                message.done(self.closed)
+                continue
+            try:
+                impl.basic_publish(
+                    message.exchange, message.routing_key, message.body,
+                    message.properties, message.mandatory)
+            except Exception as exc:  # e.g. an invalid property
+                message.done(exc)
+                continue
+            self._unconfirmed[self._next_tag] = message
+            self._next_tag += 1
+            if message.mandatory:
+                self._returnable[message.properties.correlation_id] = message
+
+    def _on_return(self, channel, method, properties, body):
+        message = self._returnable.get(properties.correlation_id)
+        if message is not None:
+            message.returned = True
+
+    def _on_confirm(self, frame):
+        method = frame.method
+        error = None if isinstance(method, pika.spec.Basic.Ack) else \
+            PublishNotConfirmed('the broker refused (nacked) the message')
+        tag = method.delivery_tag
+        if method.multiple:
+            tags = [t for t in self._unconfirmed if t <= tag]
+        else:
+            tags = [tag]
+        for tag in tags:
+            message = self._unconfirmed.pop(tag, None)
+            if message is None:
+                continue
+            if message.mandatory:
+                self._returnable.pop(message.properties.correlation_id, None)
+            if message.returned and error is None:
+                message.done(message.undeliverable())
+            else:
+                message.done(error)
+
+    def _on_close(self, channel, reason):
+        if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+            self.closed = BrokerRefused(
+                'publish', reason.reply_code, reason.reply_text)
+        else:
+            self.closed = PublishNotConfirmed(
+                'the channel closed: {!r}'.format(reason))
+        self.fail_all(self.closed)
+
+    def fail_all(self, error):
+        unconfirmed, self._unconfirmed = self._unconfirmed, {}
+        self._returnable = {}
+        for message in unconfirmed.values():
+            message.done(error)
+
+
+class _SyncConfirmChannel:
+    """The same for a connection without an asynchronous core (the
+    in-process broker): each publish is confirmed as it is made."""
+
+    def __init__(self, connection):
+        self._channel = connection.channel()
+        self._channel.confirm_delivery()
+        self.closed = None
+
+    def publish(self, messages):
+        channel = self._channel
+        for message in messages:
+            try:
+                channel.basic_publish(
+                    message.exchange, message.routing_key, message.body,
+                    message.properties, message.mandatory)
+            except pika.exceptions.UnroutableError:
+                message.done(message.undeliverable())
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                self.closed = BrokerRefused(
+                    'publish', exc.reply_code, exc.reply_text)
+                message.done(self.closed)
+            except Exception as exc:
+                message.done(exc)
+            else:
+                message.done(None)
+
+    def fail_all(self, error):
+        pass  # nothing is ever left unconfirmed
