@@ -334,17 +334,23 @@ class Bench:
         for scenario in self.args.scenarios:
             print('{}:'.format(scenario), flush=True)
             started = time.monotonic()
-            if scenario == 'http':
-                self.measure('http', HTTP_TARGETS, self.http)
-            elif scenario == 'blocking_db':
-                self.run_blocking_db()
-            elif scenario in ('rpc_seq', 'rpc_par', 'events', 'footprint'):
-                self.measure(scenario, AMQP_TARGETS, getattr(self, scenario))
+            try:
+                if scenario == 'http':
+                    self.measure('http', HTTP_TARGETS, self.http)
+                elif scenario == 'blocking_db':
+                    self.run_blocking_db()
+                else:
+                    self.measure(scenario, AMQP_TARGETS,
+                                 getattr(self, scenario))
+            except Exception as exc:  # e.g. a database that would not start
+                self.errors.append({'scenario': scenario, 'target': None,
+                                    'round': None, 'error': repr(exc)})
+                print('  {} FAILED: {!r}'.format(scenario, exc), flush=True)
             print('  ({:.0f} s)'.format(time.monotonic() - started),
                   flush=True)
 
     def run_blocking_db(self):
-        import databases
+        from bench import databases
         databases.ensure_installed()
         for server_cls in (databases.MariaDB, databases.PostgreSQL):
             with server_cls(str(self.workdir / server_cls.__name__)) as db:

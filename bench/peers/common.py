@@ -149,6 +149,28 @@ def concurrent_batch(start_call, wait, calls):
             'concurrency': calls * DB_SLEEP / wall}
 
 
+def concurrent_threads(call, calls):
+    """As :func:`concurrent_batch`, with one thread per call (what a
+    threaded caller does): all start together, each calls ``call()``."""
+    barrier = threading.Barrier(calls + 1)
+
+    def caller():
+        barrier.wait()
+        call()
+
+    threads = [threading.Thread(target=caller, name='bench-db-caller')
+               for _ in range(calls)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    return {'calls': calls, 'wall_s': wall,
+            'concurrency': calls * DB_SLEEP / wall}
+
+
 def wait_until_answering(call, deadline=60):
     """Call ``call()`` until it answers; the ``time.monotonic()`` of the
     first answer."""

@@ -29,7 +29,7 @@ from threadko.web.handlers import http  # noqa: E402
 
 from common import (  # noqa: E402
     EVENT_TYPE, HELLO, PAYLOAD, SERVICE, SOURCE_SERVICE, add_arguments,
-    concurrent_batch, emit, seen_file_writer, sequential_calls,
+    concurrent_threads, emit, seen_file_writer, sequential_calls,
     threaded_loop, wait_until_answering)
 from db_services import DB_SERVICE, db_service  # noqa: E402
 
@@ -100,11 +100,10 @@ def client(args):
         if args.scenario == 'blocking_db':
             sleep = getattr(proxy, DB_SERVICE).sleep
             wait_until_answering(sleep)
-            # a first batch opens the pool's connections; the second is timed
+            # a first batch opens the pool's connections; the second is
+            # timed. One thread per call, as a threaded app makes them
             for _ in range(2):
-                result = concurrent_batch(
-                    sleep.call_async, lambda reply: reply.result(),
-                    args.concurrency)
+                result = concurrent_threads(sleep, args.concurrency)
             emit(result)
             return
         echo = getattr(proxy, SERVICE).echo
