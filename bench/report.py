@@ -357,6 +357,8 @@ def _targets_section(results):
              '{} of {} targets met. Ratios are of the medians.'.format(
                  met_count, len(TARGETS)), '']
     lines += _table(('target', 'measured', 'ratio', 'required', 'met'), rows)
+    lines += ['', 'What limits the targets that are not met, and what was '
+              'optimised: [bench/README.md](../bench/README.md).']
     return lines
 
 
