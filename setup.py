@@ -22,6 +22,7 @@ setup(
     ],
     extras_require={
         'test': [
+            'matplotlib>=3.5',  # tests/test_bench_report.py draws the chart
             'pytest>=7.0',
             'pytest-timeout>=2.0',
             'sphinx>=5.0',
@@ -34,6 +35,7 @@ setup(
             'psycopg2-binary>=2.9',
         ],
         'dev': [
+            'matplotlib>=3.5',
             'pytest>=7.0',
             'pytest-timeout>=2.0',
             'sphinx>=5.0',
