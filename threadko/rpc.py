@@ -283,53 +283,85 @@ def _exc_info(exc):
 # -- calling ---------------------------------------------------------------
 
 
+class _Gate:
+    """A one-way signal from one thread to waiters: a bare lock, held
+    while closed. Cheaper than :class:`threading.Event`, whose ``set``
+    goes through a Python-level condition on every reply."""
+
+    __slots__ = ('_lock',)
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def open(self):
+        try:
+            self._lock.release()
+        except RuntimeError:
+            pass  # already open
+
+    def close(self):
+        self._lock.acquire(blocking=False)
+
+    def wait(self, timeout=None):
+        """Wait until open (or ``timeout`` seconds); whether it is."""
+        if self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            try:
+                self._lock.release()  # stay open for later waits
+            except RuntimeError:
+                pass  # a second open() came in between
+            return True
+        return False
+
+
 class PendingReply:
     """Where one call's reply body arrives (from the reply consumer's
     thread) and its caller waits for it. The request's publish outcome
     arrives here too when it is published without waiting (see
     :mod:`threadko.amqp.loop_publish`): a failure wakes the caller."""
 
-    __slots__ = ('_event', 'body', 'error', 'publish_error', '_confirmed')
+    __slots__ = ('_arrived', 'body', 'error', 'publish_error', '_confirmed')
 
     def __init__(self):
-        self._event = threading.Event()
+        self._arrived = _Gate()
         self.body = None
         self.error = None
         self.publish_error = None
-        self._confirmed = None  # an Event, for callers that wait for it
+        self._confirmed = None  # a _Gate, for callers that wait for it
 
     def set(self, body):
         self.body = body
-        self._event.set()
+        self._arrived.open()
 
     def fail(self, error):
         self.error = error
-        self._event.set()
+        self._arrived.open()
 
     def published(self, error):
         """The request's publish outcome (``error`` None: confirmed)."""
         if error is not None:
             self.publish_error = error
-            self._event.set()
+            self._arrived.open()
         confirmed = self._confirmed
         if confirmed is not None:
-            confirmed.set()
+            confirmed.open()
 
     def expect_confirm(self):
         """Before publishing: make :meth:`wait_published` possible."""
-        self._confirmed = threading.Event()
+        self._confirmed = _Gate()
 
     def wait_published(self):
         self._confirmed.wait()
 
     def wait(self, timeout=None):
-        return self._event.wait(timeout)
+        return self._arrived.wait(timeout)
 
     def rearm(self):
         """Forget a publish failure that the caller has dealt with."""
         self.publish_error = None
-        if self.body is None and self.error is None:
-            self._event.clear()
+        self._arrived.close()
+        if self.body is not None or self.error is not None:
+            self._arrived.open()  # the reply came meanwhile
 
 
 class ReplyRegistry:

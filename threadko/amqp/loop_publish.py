@@ -19,6 +19,7 @@ connection to publish on. It must not block.
 """
 
 import logging
+import os
 import threading
 from collections import deque
 
@@ -51,6 +52,7 @@ class LoopPublisher:
         self._wake_scheduled = False
         self._connection = None
         self._channel = None
+        self._waker = None
 
     # -- any thread ----------------------------------------------------------
 
@@ -67,24 +69,37 @@ class LoopPublisher:
             attached = self._attached
             if attached:
                 self._outbox.append(message)
-                wake = not self._wake_scheduled
-                self._wake_scheduled = True
+                if not self._wake_scheduled:
+                    self._wake_scheduled = True
+                    self._wake()
         if not attached:
             message.done(PublishNotConfirmed(
                 'not connected to the broker'))
-        elif wake and not self._loop.call_soon(self._flush):
-            pass  # the connection is going: detach() fails the outbox
+
+    def _wake(self):
+        # with self._lock held: the waker is only closed under it
+        if self._waker is not None:
+            self._waker.wake()
+        else:
+            self._loop.call_soon(self._flush)
+        # if the connection is going, detach() fails the outbox
 
     # -- the loop's thread ------------------------------------------------
 
     def attach(self, connection):
+        """Start publishing on ``connection`` (outside pika callbacks: this
+        opens a channel)."""
         self._connection = connection
-        self._channel = None
+        self._channel = self._open_channel()
+        waker = None
+        if isinstance(connection, pika.BlockingConnection):
+            waker = _Waker(connection, self._flush)
         with self._lock:
+            self._waker = waker
             self._attached = True
             self._wake_scheduled = bool(self._outbox)
-        if self._outbox:
-            self._loop.call_soon(self._flush)
+            if self._wake_scheduled:
+                self._wake()
 
     def detach(self, error=None):
         """Fail every message not yet confirmed (the connection is gone)."""
@@ -92,6 +107,9 @@ class LoopPublisher:
             self._attached = False
             self._wake_scheduled = False
             waiting, self._outbox = list(self._outbox), deque()
+            waker, self._waker = self._waker, None
+            if waker is not None:
+                waker.close()
         channel, self._channel = self._channel, None
         self._connection = None
         failure = PublishNotConfirmed(
@@ -103,21 +121,31 @@ class LoopPublisher:
             message.done(failure)
 
     def _flush(self):
+        """Publish the outbox. Runs inside pika's poll (woken by the
+        waker), so it only uses the channel's asynchronous core."""
+        channel = self._channel
+        if channel is None or channel.closed is not None:
+            # reopening blocks: do it outside the poll
+            self._loop.call_soon(self._reopen_and_flush)
+            return
         with self._lock:
             self._wake_scheduled = False
             messages, self._outbox = self._outbox, deque()
-        if not messages:
-            return
-        channel = self._channel
+        if messages:
+            channel.publish(messages)
+
+    def _reopen_and_flush(self):
         try:
-            if channel is None or channel.closed is not None:
-                channel = self._open_channel()
+            self._channel = self._open_channel()
         except CONNECTION_ERRORS + (pika.exceptions.AMQPError,) as exc:
+            with self._lock:
+                self._wake_scheduled = False
+                messages, self._outbox = self._outbox, deque()
             for message in messages:
                 message.done(PublishNotConfirmed(
                     'could not open a channel: {!r}'.format(exc)))
             return
-        channel.publish(messages)
+        self._flush()
 
     def _open_channel(self):
         if isinstance(self._connection, pika.BlockingConnection):
@@ -125,6 +153,45 @@ class LoopPublisher:
         else:
             self._channel = _SyncConfirmChannel(self._connection)
         return self._channel
+
+
+class _Waker:
+    """Wakes a pika connection's poll from any thread and runs
+    ``callback`` inside it: a pipe registered with the connection's I/O
+    loop. Cheaper than ``add_callback_threadsafe``, whose callbacks go
+    through a timer and the blocking adapter's event queue."""
+
+    def __init__(self, connection, callback):
+        self._ioloop = connection._impl.ioloop
+        self._callback = callback
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+        self._ioloop.add_handler(self._read_fd, self._on_readable,
+                                 self._ioloop.READ)
+
+    def wake(self):
+        """Any thread (the owner serialises this with :meth:`close`)."""
+        try:
+            os.write(self._write_fd, b'x')
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already
+
+    def _on_readable(self, fd, events):
+        try:
+            while os.read(self._read_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        self._callback()
+
+    def close(self):
+        try:
+            self._ioloop.remove_handler(self._read_fd)
+        except Exception:  # the I/O loop is already closed
+            pass
+        os.close(self._read_fd)
+        os.close(self._write_fd)
 
 
 class _Outgoing:
