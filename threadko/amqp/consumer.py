@@ -66,6 +66,28 @@ def decode_body(body, properties, accept):
         body, properties.content_type, properties.content_encoding, accept)
 
 
+def basic_consume(channel, queue, on_message, auto_ack=False):
+    """Start consuming ``queue``; return the consumer tag.
+
+    On a pika channel, deliveries are then handed to ``on_message`` by the
+    channel's asynchronous core, inside the connection's poll, without a
+    round through the blocking adapter's event queue (and without
+    ``process_data_events`` returning for every delivery). ``on_message``
+    must not call blocking pika methods; acks through :class:`Message` and
+    publishing through :mod:`~threadko.amqp.loop_publish` don't. The
+    consume itself, and cancelling it, stay with the blocking API, so a
+    refused consume raises here as before.
+    """
+    tag = channel.basic_consume(
+        queue=queue, on_message_callback=on_message, auto_ack=auto_ack)
+    impl = getattr(channel, '_impl', None)
+    if impl is not None:
+        # pika keeps one delivery callback per consumer tag: take the
+        # blocking adapter's (which queues deliveries for dispatch) out
+        impl._consumers[tag] = on_message
+    return tag
+
+
 class Message:
     """One delivery, as handed to a provider's ``handle_message``.
 
@@ -418,9 +440,9 @@ class QueueConsumer(ProviderCollector, SharedExtension):
         provider.queue.declare(channel)
         channel.basic_qos(prefetch_count=getattr(
             provider, 'prefetch_count', None) or self.prefetch_count)
-        self._consumer_tags[provider] = channel.basic_consume(
-            queue=provider.queue.name,
-            on_message_callback=partial(self._on_message, provider))
+        self._consumer_tags[provider] = basic_consume(
+            channel, provider.queue.name,
+            partial(self._on_message, provider))
 
     def _cancel_for(self, provider):
         tag = self._consumer_tags.pop(provider, None)

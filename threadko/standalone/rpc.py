@@ -18,7 +18,7 @@ from collections import deque
 import pika.exceptions
 
 from threadko.amqp.connection import Connector
-from threadko.amqp.consumer import ConsumerLoop, decode_body
+from threadko.amqp.consumer import ConsumerLoop, basic_consume, decode_body
 from threadko.amqp.publish import Publisher, ProducerPool
 from threadko.constants import (
     CALL_ID_STACK_CONTEXT_KEY, DEFAULT_HEARTBEAT,
@@ -145,9 +145,8 @@ class _ClientBase:
             channel = self._check_reply_queue(connection, channel)
         self._connected_before = True
         self._queue.declare(channel)
-        channel.basic_consume(
-            queue=self._queue.name, on_message_callback=self._on_reply,
-            auto_ack=True)
+        basic_consume(channel, self._queue.name, self._on_reply,
+                      auto_ack=True)
 
     def _check_reply_queue(self, connection, channel):
         # replies published while the queue was gone are lost: fail the
