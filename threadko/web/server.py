@@ -106,7 +106,8 @@ class Router:
 
     def _check_size(self, request):
         limit = self.max_request_body_size
-        if limit is not None and (request.content_length or 0) > limit:
+        if limit is not None and request.environ.get('CONTENT_LENGTH') and (
+                request.content_length or 0) > limit:
             raise RequestEntityTooLarge(
                 'The request body is larger than {} bytes.'.format(limit))
 
