@@ -172,6 +172,50 @@ def test_check_signature_raises_incorrect_signature():
         entrypoint.check_signature((1,), {'c': 3})
 
 
+class Shapes:
+    name = 'shapes'
+
+    @Fire.decorator
+    def fixed(self, a, b=2):
+        pass
+
+    @Fire.decorator
+    def star(self, a, *rest):
+        pass
+
+    @Fire.decorator
+    def keyword_only(self, a, *, k):
+        pass
+
+    @Fire.decorator
+    def optional_keyword_only(self, a, *, k=1):
+        pass
+
+
+@pytest.mark.parametrize('method, args, kwargs, ok', [
+    ('fixed', (1,), {}, True),
+    ('fixed', (1, 2), {}, True),
+    ('fixed', (), {}, False),
+    ('fixed', (1, 2, 3), {}, False),
+    ('star', (1, 2, 3, 4), {}, True),
+    ('star', (), {}, False),
+    ('keyword_only', (1,), {}, False),
+    ('keyword_only', (1,), {'k': 2}, True),
+    ('keyword_only', (1, 2), {'k': 2}, False),
+    ('optional_keyword_only', (1,), {}, True),
+    ('optional_keyword_only', (1, 2), {}, False),
+])
+def test_check_signature_positional_shapes(method, args, kwargs, ok):
+    container = make_container(Shapes)
+    entrypoint = next(e for e in container.entrypoints
+                      if e.method_name == method)
+    if ok:
+        entrypoint.check_signature(args, kwargs)
+    else:
+        with pytest.raises(IncorrectSignature):
+            entrypoint.check_signature(args, kwargs)
+
+
 def test_check_signature_words_errors_as_nameko_does():
     # Nameko callers see inspect.getcallargs' wording
     container = make_container()

@@ -232,6 +232,41 @@ def register_entrypoint(fn, entrypoint):
     descriptors.add(entrypoint)
 
 
+class _SignatureCheck:
+    """A method's signature, and what it takes to accept positional
+    arguments alone (counting ``self``)."""
+
+    __slots__ = ('signature', '_min', '_max')
+
+    def __init__(self, fn):
+        self.signature = signature = inspect.signature(fn)
+        positional = required = 0
+        unbounded = False
+        for param in signature.parameters.values():
+            if param.kind in (param.POSITIONAL_ONLY,
+                              param.POSITIONAL_OR_KEYWORD):
+                positional += 1
+                if param.default is param.empty:
+                    required += 1
+            elif param.kind == param.VAR_POSITIONAL:
+                unbounded = True
+            elif (param.kind == param.KEYWORD_ONLY
+                  and param.default is param.empty):
+                required = None  # a required keyword-only argument
+                break
+        self._min = required
+        self._max = None if unbounded else positional
+
+    def accepts_positional(self, count):
+        """Whether ``count`` positional arguments (and no keywords) bind;
+        False when unsure (then bind to find out)."""
+        if self._min is None:
+            return False
+        count += 1  # self
+        return self._min <= count and (self._max is None
+                                       or count <= self._max)
+
+
 class Entrypoint(Extension):
     """An extension that fires service methods, by calling
     ``self.container.spawn_worker(self, args, kwargs, ...)``.
@@ -271,11 +306,13 @@ class Entrypoint(Extension):
         """Raise :class:`~threadko.exceptions.IncorrectSignature` unless the
         method accepts ``(*args, **kwargs)``."""
         fn = getattr(self.container.service_cls, self.method_name)
-        signature = self._signatures.get(fn)
-        if signature is None:
-            signature = self._signatures[fn] = inspect.signature(fn)
+        checker = self._signatures.get(fn)
+        if checker is None:
+            checker = self._signatures[fn] = _SignatureCheck(fn)
+        if not kwargs and checker.accepts_positional(len(args)):
+            return  # the common case, without binding
         try:
-            signature.bind(None, *args, **kwargs)  # fast: cached signature
+            checker.signature.bind(None, *args, **kwargs)
         except TypeError:
             # getcallargs words the error as Nameko does
             try:

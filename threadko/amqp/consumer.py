@@ -97,10 +97,10 @@ class Message:
     """
 
     __slots__ = ('_consumer_thread', 'connection', 'channel', 'method',
-                 'properties', 'body', '_settled')
+                 'properties', 'body', '_settled', '_run_in_poll')
 
     def __init__(self, consumer_thread, connection, channel, method,
-                 properties, body):
+                 properties, body, run_in_poll=None):
         self._consumer_thread = consumer_thread
         self.connection = connection
         self.channel = channel
@@ -108,6 +108,9 @@ class Message:
         self.properties = properties
         self.body = body
         self._settled = False
+        # hands a settle to the consumer thread more cheaply than
+        # add_callback_threadsafe (LoopPublisher.run_in_poll)
+        self._run_in_poll = run_in_poll
 
     @property
     def headers(self):
@@ -151,6 +154,10 @@ class Message:
         self._settled = True
         if threading.current_thread() is self._consumer_thread:
             self._settle_now(action)
+            return
+        run_in_poll = self._run_in_poll
+        if run_in_poll is not None and run_in_poll(
+                partial(self._settle_now, action)):
             return
         try:
             self.connection.add_callback_threadsafe(
@@ -451,7 +458,8 @@ class QueueConsumer(ProviderCollector, SharedExtension):
 
     def _on_message(self, provider, channel, method, properties, body):
         message = Message(self.consumer_thread, self._live_connection,
-                          channel, method, properties, body)
+                          channel, method, properties, body,
+                          self._loop.publisher.run_in_poll)
         if not self._is_registered(provider):
             message.requeue()
         elif getattr(provider, 'consume_on_consumer_thread', False):

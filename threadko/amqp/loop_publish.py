@@ -48,6 +48,7 @@ class LoopPublisher:
         self._loop = loop
         self._lock = threading.Lock()
         self._outbox = deque()  # messages not yet published
+        self._callbacks = deque()  # see run_in_poll
         self._attached = False
         self._wake_scheduled = False
         self._connection = None
@@ -107,6 +108,7 @@ class LoopPublisher:
             self._attached = False
             self._wake_scheduled = False
             waiting, self._outbox = list(self._outbox), deque()
+            self._callbacks = deque()  # for the lost connection: moot
             waker, self._waker = self._waker, None
             if waker is not None:
                 waker.close()
@@ -121,18 +123,41 @@ class LoopPublisher:
             message.done(failure)
 
     def _flush(self):
-        """Publish the outbox. Runs inside pika's poll (woken by the
-        waker), so it only uses the channel's asynchronous core."""
+        """Run the waiting callbacks and publish the outbox. Runs inside
+        pika's poll (woken by the waker), so it only uses the channel's
+        asynchronous core."""
         channel = self._channel
-        if channel is None or channel.closed is not None:
+        usable = channel is not None and channel.closed is None
+        with self._lock:
+            callbacks, self._callbacks = self._callbacks, deque()
+            if usable:
+                self._wake_scheduled = False
+                messages, self._outbox = self._outbox, deque()
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                _log.exception('error in a callback run on the consumer '
+                               'thread')
+        if not usable:
             # reopening blocks: do it outside the poll
             self._loop.call_soon(self._reopen_and_flush)
-            return
-        with self._lock:
-            self._wake_scheduled = False
-            messages, self._outbox = self._outbox, deque()
-        if messages:
+        elif messages:
             channel.publish(messages)
+
+    def run_in_poll(self, callback):
+        """Run ``callback()`` soon on the loop's thread, inside pika's poll:
+        for short work that does not block (an ack through the channel's
+        asynchronous core). Returns False, without running it, when there
+        is no pika connection to run it on."""
+        with self._lock:
+            if not self._attached or self._waker is None:
+                return False
+            self._callbacks.append(callback)
+            if not self._wake_scheduled:
+                self._wake_scheduled = True
+                self._waker.wake()
+        return True
 
     def _reopen_and_flush(self):
         try:
