@@ -22,7 +22,7 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from threadko import serialization
 from threadko.configuration import config as global_config
@@ -42,6 +42,14 @@ from threadko.utils.concurrency import SpawningSet
 
 _log = logging.getLogger(__name__)
 _log_time = make_timing_logger(_log)
+
+
+def _untimed(message, *args):
+    """``_log_time``'s stand-in when debug logging is off."""
+    return _NOT_TIMED
+
+
+_NOT_TIMED = nullcontext()
 
 # after kill(), managed threads get this long to notice before we give up
 KILL_JOIN_TIMEOUT = 1.0
@@ -170,16 +178,28 @@ class _WorkerSlots:
         self.size = size
         self.busy = 0
         self.closed_reason = None
-        self._cond = threading.Condition(threading.Lock())
+        # the hot path takes the bare lock; the condition is only notified
+        # when a thread waits on it
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._waiting = 0
         self._reserved = threading.local()
+
+    def _wait(self):
+        # with self._lock held
+        self._waiting += 1
+        try:
+            self._cond.wait()
+        finally:
+            self._waiting -= 1
 
     def acquire(self):
         if getattr(self._reserved, 'held', False):
             self._reserved.held = False  # taken by try_reserve, on this thread
             return
-        with self._cond:
+        with self._lock:
             while self.busy >= self.size and self.closed_reason is None:
-                self._cond.wait()
+                self._wait()
             if self.closed_reason is not None:
                 raise ContainerBeingKilled(self.closed_reason)
             self.busy += 1
@@ -187,7 +207,7 @@ class _WorkerSlots:
     def try_reserve(self):
         """Take a slot now if one is free, for the next :meth:`acquire` on
         this thread; returns whether it did."""
-        with self._cond:
+        with self._lock:
             if self.busy >= self.size or self.closed_reason is not None:
                 return False
             self.busy += 1
@@ -202,18 +222,19 @@ class _WorkerSlots:
             self.release()
 
     def release(self):
-        with self._cond:
+        with self._lock:
             self.busy -= 1
-            self._cond.notify_all()
+            if self._waiting:
+                self._cond.notify_all()
 
     def wait_idle(self):
         """Block until no worker is busy, or the slots were closed."""
-        with self._cond:
+        with self._lock:
             while self.busy and self.closed_reason is None:
-                self._cond.wait()
+                self._wait()
 
     def close(self, reason):
-        with self._cond:
+        with self._lock:
             if self.closed_reason is None:
                 self.closed_reason = reason
             self._cond.notify_all()
@@ -583,16 +604,19 @@ class ServiceContainer:
             self._worker_slots.release()
 
     def _run_worker(self, worker_ctx, handle_result):
+        # debug logging and timing only when enabled: this is the hot path
+        debug = _log.isEnabledFor(logging.DEBUG)
+        timed = _log_time if debug else _untimed
         if self._being_killed:
             _log.debug('discarding %s: container was killed', worker_ctx)
             return
 
-        _log.debug('setting up %s', worker_ctx)
-        if _log.isEnabledFor(logging.DEBUG):
+        if debug:
+            _log.debug('setting up %s', worker_ctx)
             _log.debug('call stack for %s: %s',
                        worker_ctx, '->'.join(worker_ctx.call_id_stack))
 
-        with _log_time('ran worker %s', worker_ctx):
+        with timed('ran worker %s', worker_ctx):
             self._inject_dependencies(worker_ctx)
             self._worker_setup(worker_ctx)
 
@@ -600,8 +624,9 @@ class ServiceContainer:
             method = getattr(worker_ctx.service,
                              worker_ctx.entrypoint.method_name)
             try:
-                _log.debug('calling handler for %s', worker_ctx)
-                with _log_time('ran handler for %s', worker_ctx):
+                if debug:
+                    _log.debug('calling handler for %s', worker_ctx)
+                with timed('ran handler for %s', worker_ctx):
                     result = method(*worker_ctx.args, **worker_ctx.kwargs)
             except Exception as exc:
                 if isinstance(exc, worker_ctx.entrypoint.expected_exceptions):
@@ -621,12 +646,15 @@ class ServiceContainer:
                 return
 
             if handle_result is not None:
-                _log.debug('handling result for %s', worker_ctx)
-                with _log_time('handled result for %s', worker_ctx):
+                if debug:
+                    _log.debug('handling result for %s', worker_ctx)
+                with timed('handled result for %s', worker_ctx):
                     result, exc_info = handle_result(
                         worker_ctx, result, exc_info)
 
-            with _log_time('tore down worker %s', worker_ctx):
+            with timed('tore down worker %s', worker_ctx):
+                if debug:
+                    _log.debug('signalling result for %s', worker_ctx)
                 self._worker_result(worker_ctx, result, exc_info)
                 # break the traceback -> frame -> exc_info cycle now
                 del exc_info
@@ -642,7 +670,6 @@ class ServiceContainer:
             provider.worker_setup(worker_ctx)
 
     def _worker_result(self, worker_ctx, result, exc_info):
-        _log.debug('signalling result for %s', worker_ctx)
         for provider in self.dependencies:
             provider.worker_result(worker_ctx, result, exc_info)
 

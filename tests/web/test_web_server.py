@@ -4,6 +4,7 @@ kill with requests in flight."""
 
 import errno
 import http.client as httpclient
+import logging
 import socket
 import threading
 import time
@@ -545,3 +546,18 @@ def test_a_long_keep_alive_connection_and_a_prompt_stop_after_it(
     started = time.monotonic()
     container.stop()
     assert time.monotonic() - started < 5
+
+
+def test_queue_depth_warning_is_rate_limited(caplog):
+    # waitress warns on every request that waits for a thread; under load
+    # that is every request, so threadko shows it at most every 10 s
+    from threadko.web.server import _RequestThreads
+    threads = _RequestThreads('test')
+    with caplog.at_level(logging.WARNING, logger='waitress.queue'):
+        for depth in range(1, 50):
+            threads.queue_logger.warning('Task queue depth is %d', depth)
+    messages = [record.getMessage() for record in caplog.records
+                if record.name == 'waitress.queue']
+    assert len(messages) == 1
+    assert messages[0].startswith('Task queue depth is 1')
+    assert 'WEB_SERVER_THREADS' in messages[0]

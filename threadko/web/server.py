@@ -198,15 +198,40 @@ class HttpSite:
         return self.server.port
 
 
+class _QueueDepthLogger:
+    """Stands in for waitress's ``waitress.queue`` logger, which warns on
+    every request that has to wait for a thread (each one, under load):
+    the same warning, at most once per ``interval`` seconds."""
+
+    def __init__(self, interval=10.0):
+        self._logger = logging.getLogger('waitress.queue')
+        self._interval = interval
+        self._next = 0.0
+
+    def warning(self, message, *args):
+        now = time.monotonic()
+        if now >= self._next:  # called under waitress's lock
+            self._next = now + self._interval
+            self._logger.warning(
+                message + ' (requests waiting for a web thread; more '
+                'WEB_SERVER_THREADS and max_workers may help; shown at most '
+                'every %d s)', *args, self._interval)
+
+
 class _RequestThreads(ThreadedTaskDispatcher):
-    """waitress's request thread pool, with threads named ``threadko-*``
-    and a count of requests in flight that a graceful stop can wait on."""
+    """waitress's request thread pool, with threads named ``threadko-*``,
+    a count of requests in flight that a graceful stop can wait on, and
+    waitress's queue-depth warning rate-limited."""
 
     def __init__(self, name):
         super().__init__()
+        self.queue_logger = _QueueDepthLogger()
         self.name = name
         self._in_flight = 0
-        self._idle = threading.Condition()
+        # per request only the bare lock; the condition is for wait_idle
+        self._count_lock = threading.Lock()
+        self._idle = threading.Condition(self._count_lock)
+        self._waiting = 0
 
     def start_new_thread(self, target, thread_no):
         thread = threading.Thread(
@@ -215,20 +240,26 @@ class _RequestThreads(ThreadedTaskDispatcher):
         thread.start()
 
     def add_task(self, task):
-        with self._idle:
+        with self._count_lock:
             self._in_flight += 1
         # waitress hands in the same channel for every request of a
         # keep-alive connection: wrap, never modify it
         super().add_task(_CountedTask(task, self._task_done))
 
     def _task_done(self):
-        with self._idle:
+        with self._count_lock:
             self._in_flight -= 1
-            self._idle.notify_all()
+            if self._waiting:
+                self._idle.notify_all()
 
     def wait_idle(self, timeout):
-        with self._idle:
-            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+        with self._count_lock:
+            self._waiting += 1
+            try:
+                return self._idle.wait_for(
+                    lambda: self._in_flight == 0, timeout)
+            finally:
+                self._waiting -= 1
 
 
 class _CountedTask:
