@@ -376,3 +376,39 @@ def _eventually(call, attempts=20):
         except (RpcTimeout, UnknownService):
             continue
     return call()
+
+
+class Gated:
+    """Counts its runs; a run waits until the test opens the gate."""
+
+    name = 'gated'
+
+    entered = threading.Event()
+    gate = threading.Event()
+    runs = []
+
+    @rpc
+    def work(self, value):
+        Gated.runs.append(value)
+        Gated.entered.set()
+        assert Gated.gate.wait(WAIT)
+        return value * 2
+
+
+def test_call_in_flight_when_connections_drop_is_answered(
+        broker, containers):
+    # the worker finishes after its connection died: its reply can't go
+    # out and its request was never acked, so the broker redelivers the
+    # request, the method runs again, and the caller gets an answer
+    Gated.entered.clear()
+    Gated.gate.clear()
+    del Gated.runs[:]
+    container = containers(Gated, broker.config)
+    container.start()
+    with ClusterRpcProxy(broker.config, timeout=WAIT * 2) as proxy:
+        reply = proxy.gated.work.call_async(21)
+        assert Gated.entered.wait(WAIT)
+        broker.drop_connections()
+        Gated.gate.set()
+        assert reply.result() == 42
+    assert Gated.runs == [21, 21]
