@@ -16,6 +16,16 @@ the request in ``on_done``, on the same connection that received it), and
 RPC callers publish requests this way. Every ``on_done`` is called exactly
 once: on the loop's thread, or on the caller's thread when there is no
 connection to publish on. It must not block.
+
+Other threads wake the loop through a pipe registered with pika's I/O loop
+(:class:`_Waker`), and the loop's thread publishes from inside pika's poll
+through the channel's asynchronous core. :meth:`LoopPublisher.run_in_poll`
+uses the same wake-up for other short work, such as acks from worker
+threads. These use three pika internals that are stable across pika 1.x:
+``BlockingChannel._impl``, ``BlockingConnection._impl.ioloop`` and (in
+:func:`threadko.amqp.consumer.basic_consume`) ``Channel._consumers``. The
+in-process broker has no asynchronous core: there the loop publishes
+through ``add_callback_threadsafe``, each message confirmed as it goes.
 """
 
 import logging
