@@ -178,20 +178,15 @@ class _WorkerSlots:
         self.size = size
         self.busy = 0
         self.closed_reason = None
-        # the hot path takes the bare lock; the condition is only notified
-        # when a thread waits on it
+        # the hot path takes the bare lock; a condition is only notified
+        # when a thread waits on it. A freed slot wakes one waiting
+        # acquire (waking them all would make the others go back to sleep)
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self._waiting = 0
+        self._slot_freed = threading.Condition(self._lock)
+        self._idle = threading.Condition(self._lock)
+        self._acquiring = 0
+        self._idle_waiting = 0
         self._reserved = threading.local()
-
-    def _wait(self):
-        # with self._lock held
-        self._waiting += 1
-        try:
-            self._cond.wait()
-        finally:
-            self._waiting -= 1
 
     def acquire(self):
         if getattr(self._reserved, 'held', False):
@@ -199,7 +194,11 @@ class _WorkerSlots:
             return
         with self._lock:
             while self.busy >= self.size and self.closed_reason is None:
-                self._wait()
+                self._acquiring += 1
+                try:
+                    self._slot_freed.wait()
+                finally:
+                    self._acquiring -= 1
             if self.closed_reason is not None:
                 raise ContainerBeingKilled(self.closed_reason)
             self.busy += 1
@@ -224,20 +223,27 @@ class _WorkerSlots:
     def release(self):
         with self._lock:
             self.busy -= 1
-            if self._waiting:
-                self._cond.notify_all()
+            if self._acquiring:
+                self._slot_freed.notify()
+            if self._idle_waiting and not self.busy:
+                self._idle.notify_all()
 
     def wait_idle(self):
         """Block until no worker is busy, or the slots were closed."""
         with self._lock:
             while self.busy and self.closed_reason is None:
-                self._wait()
+                self._idle_waiting += 1
+                try:
+                    self._idle.wait()
+                finally:
+                    self._idle_waiting -= 1
 
     def close(self, reason):
         with self._lock:
             if self.closed_reason is None:
                 self.closed_reason = reason
-            self._cond.notify_all()
+            self._slot_freed.notify_all()
+            self._idle.notify_all()
 
 
 class _Outcome:
