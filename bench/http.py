@@ -61,6 +61,7 @@ import threading  # noqa: E402
 import time  # noqa: E402
 
 from threadko.web.handlers import http  # noqa: E402
+from bench.peers.waitress_peer import hello_app  # noqa: E402
 
 PATH = '/hello'
 BODY = 'Hello, world!'
@@ -79,30 +80,11 @@ class BenchHello:
         return BODY
 
 
-def bare_app():
-    """The bare waitress + werkzeug WSGI app threadko is compared with."""
-    from werkzeug.exceptions import HTTPException
-    from werkzeug.routing import Map, Rule
-    from werkzeug.wrappers import Request, Response
-
-    url_map = Map([Rule(PATH, endpoint='hello', methods=['GET'])])
-
-    def app(environ, start_response):
-        request = Request(environ)
-        try:
-            url_map.bind_to_environ(request.environ).match()
-            response = Response(BODY)
-        except HTTPException as exc:
-            response = exc
-        return response(environ, start_response)
-    return app
-
-
 def serve_bare(port, threads):
     """``--serve-waitress``: the bare app, in this process, until SIGTERM."""
     import waitress
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    waitress.serve(bare_app(), host='127.0.0.1', port=port, threads=threads,
+    waitress.serve(hello_app(), host='127.0.0.1', port=port, threads=threads,
                    clear_untrusted_proxy_headers=False)
 
 

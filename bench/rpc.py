@@ -22,13 +22,12 @@ import argparse
 import os
 import subprocess
 import sys
-import threading
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from bench.measure import sequential_calls  # noqa: E402
+from bench.peers.common import (  # noqa: E402
+    sequential_calls, threaded_loop, wait_until_answering)
 from threadko.rpc import rpc  # noqa: E402
 from threadko.standalone.rpc import ClusterRpcProxy  # noqa: E402
 
@@ -59,42 +58,13 @@ def start_service(uri):
     return stop
 
 
-def wait_until_answering(proxy, deadline=60):
-    end = time.monotonic() + deadline
-    while True:
-        try:
-            return proxy.bench_echo.echo('ping')
-        except Exception:
-            if time.monotonic() > end:
-                raise
-            time.sleep(0.2)  # the service process is still starting
-
-
 def rpc_seq(proxy, calls):
     return sequential_calls(lambda: proxy.bench_echo.echo('payload'), calls)
 
 
 def rpc_par(proxy, in_flight, duration):
-    counts = [0] * in_flight
-    stop = threading.Event()
-
-    def caller(index):
-        while not stop.is_set():
-            proxy.bench_echo.echo('payload')
-            counts[index] += 1
-
-    threads = [threading.Thread(target=caller, args=(i,),
-                                name='bench-rpc-caller-{}'.format(i))
-               for i in range(in_flight)]
-    start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    stop.wait(duration)
-    stop.set()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - start
-    return {'calls_per_s': sum(counts) / elapsed, 'in_flight': in_flight}
+    return threaded_loop(lambda: proxy.bench_echo.echo('payload'), in_flight,
+                         duration)
 
 
 def main():
@@ -108,7 +78,7 @@ def main():
     stop_service = start_service(args.uri)
     try:
         with ClusterRpcProxy({'AMQP_URI': args.uri}, timeout=30) as proxy:
-            wait_until_answering(proxy)
+            wait_until_answering(lambda: proxy.bench_echo.echo('ping'))
             rpc_seq(proxy, min(200, args.calls))  # warm up
             seq = rpc_seq(proxy, args.calls)
             print('rpc_seq  {:8.0f} calls/s   p50 {:.2f} ms   p99 {:.2f} ms'

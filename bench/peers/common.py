@@ -171,6 +171,52 @@ def concurrent_threads(call, calls):
             'concurrency': calls * DB_SLEEP / wall}
 
 
+def serve_until_sigterm(start, stop):
+    """A peer's ``serve``: ``start()``, say ``READY``, ``stop()`` on
+    SIGTERM (the harness's way of ending it)."""
+    import signal
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+    start()
+    print('READY', flush=True)
+    stopping.wait()
+    stop()
+
+
+def dispatch_events(dispatch, events):
+    """The ``events`` client: ``events`` calls of ``dispatch()``, one
+    after another; the harness times them up to the handler's last."""
+    start = time.monotonic()
+    for _ in range(events):
+        dispatch()
+    emit({'start': start, 'published': time.monotonic()})
+
+
+def blocking_db_client(call, batch):
+    """The ``blocking_db`` client: once ``call()`` answers, a first
+    ``batch()`` opens the service's pooled connections, the second is
+    timed."""
+    wait_until_answering(call)
+    batch()
+    emit(batch())
+
+
+def echo_client(args, call, calls_in_parallel):
+    """The ``footprint``, ``rpc_seq`` and ``rpc_par`` clients, given one
+    echo ``call()`` and the target's way of keeping ``--in-flight`` calls
+    going (``calls_in_parallel()`` returns the result to emit)."""
+    if args.scenario == 'footprint':
+        print('POLLING', flush=True)  # the harness starts the service now
+    first_answer = wait_until_answering(call)
+    if args.scenario == 'footprint':
+        emit({'first_answer': first_answer})
+    elif args.scenario == 'rpc_seq':
+        sequential_calls(call, args.warmup)
+        emit(sequential_calls(call, args.calls))
+    elif args.scenario == 'rpc_par':
+        emit(calls_in_parallel())
+
+
 def wait_until_answering(call, deadline=60):
     """Call ``call()`` until it answers; the ``time.monotonic()`` of the
     first answer."""

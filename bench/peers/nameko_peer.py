@@ -17,7 +17,6 @@ import errno
 import os
 import signal
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,54 +29,21 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from nameko.web.handlers import http
 
 from common import (
-    EVENT_TYPE, HELLO, PAYLOAD, SERVICE, SOURCE_SERVICE,
-    add_arguments, concurrent_batch, emit, seen_file_writer,
-    sequential_calls, timed_pipeline, wait_until_answering)
-from db_services import DB_SERVICE, db_service
+    EVENT_TYPE, PAYLOAD, SERVICE, SOURCE_SERVICE, add_arguments,
+    blocking_db_client, concurrent_batch, dispatch_events, echo_client,
+    timed_pipeline)
+from services import DB_SERVICE, service_for
 
-
-class Echo:
-    name = SERVICE
-
-    @rpc
-    def echo(self, value):
-        return value
-
-
-class Hello:
-    name = 'bench_hello'
-
-    @http('GET', '/hello')
-    def hello(self, request):
-        return HELLO
-
-
-def counter_service(expect, seen_file):
-    mark_seen = seen_file_writer(expect, seen_file)
-
-    class Counter:
-        name = 'bench_counter'
-
-        @event_handler(SOURCE_SERVICE, EVENT_TYPE)
-        def handle(self, payload):
-            mark_seen()
-    return Counter
-
-
-def service_for(args):
-    if args.scenario == 'events':
-        return counter_service(args.expect, args.seen_file)
-    if args.scenario == 'http':
-        return Hello
-    if args.scenario == 'blocking_db':
-        return db_service(DependencyProvider, rpc, args.db, args.db_dsn)
-    return Echo
+#: for ``nameko run nameko_peer:Echo`` (the footprint scenario)
+Echo = service_for(argparse.Namespace(scenario='rpc_seq'), rpc, http,
+                   event_handler, DependencyProvider)
 
 
 def serve(args):
     config = {'AMQP_URI': args.uri, 'WEB_SERVER_ADDRESS': args.web_address}
     runner = ServiceRunner(config)
-    runner.add_service(service_for(args))
+    runner.add_service(service_for(
+        args, rpc, http, event_handler, DependencyProvider))
 
     def shutdown(signum, frame):
         # signal handlers can't use eventlet primitives: stop in a greenlet
@@ -101,37 +67,23 @@ def client(args):
     config = {'AMQP_URI': args.uri}
     if args.scenario == 'events':
         dispatch = event_dispatcher(config)
-        start = time.monotonic()
-        for _ in range(args.events):
-            dispatch(SOURCE_SERVICE, EVENT_TYPE, PAYLOAD)
-        emit({'start': start, 'published': time.monotonic()})
+        dispatch_events(
+            lambda: dispatch(SOURCE_SERVICE, EVENT_TYPE, PAYLOAD),
+            args.events)
         return
     with ClusterRpcProxy(config, timeout=60) as proxy:
         if args.scenario == 'blocking_db':
             sleep = getattr(proxy, DB_SERVICE).sleep
-            wait_until_answering(sleep)
-            # a first batch opens the pool's connections; the second is timed
-            for _ in range(2):
-                result = concurrent_batch(
-                    sleep.call_async, lambda reply: reply.result(),
-                    args.concurrency)
-            emit(result)
+            blocking_db_client(sleep, lambda: concurrent_batch(
+                sleep.call_async, lambda reply: reply.result(),
+                args.concurrency))
             return
         echo = getattr(proxy, SERVICE).echo
-        if args.scenario == 'footprint':
-            print('POLLING', flush=True)  # the harness starts the service
-        first_answer = wait_until_answering(lambda: echo(PAYLOAD))
-        if args.scenario == 'footprint':
-            emit({'first_answer': first_answer})
-        elif args.scenario == 'rpc_seq':
-            sequential_calls(lambda: echo(PAYLOAD), args.warmup)
-            emit(sequential_calls(lambda: echo(PAYLOAD), args.calls))
-        elif args.scenario == 'rpc_par':
-            # one greenthread pipelining call_async: greenthreads can't share
-            # a Nameko 2 proxy (one connection, one reader at a time)
-            emit(timed_pipeline(
-                lambda: echo.call_async(PAYLOAD),
-                lambda reply: reply.result(), args.in_flight, args.duration))
+        # rpc_par: one greenthread pipelining call_async; greenthreads can't
+        # share a Nameko 2 proxy (one connection, one reader at a time)
+        echo_client(args, lambda: echo(PAYLOAD), lambda: timed_pipeline(
+            lambda: echo.call_async(PAYLOAD), lambda reply: reply.result(),
+            args.in_flight, args.duration))
 
 
 def main():

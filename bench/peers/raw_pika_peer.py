@@ -11,16 +11,14 @@ Only the AMQP scenarios (``rpc_seq``, ``rpc_par``, ``events``,
 
 import argparse
 import os
-import signal
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import (  # noqa: E402
-    EVENT_TYPE, PAYLOAD, SERVICE, SOURCE_SERVICE, add_arguments, emit,
-    seen_file_writer, sequential_calls, wait_until_answering)
+    EVENT_TYPE, PAYLOAD, SERVICE, SOURCE_SERVICE, add_arguments,
+    echo_client, emit, seen_file_writer, serve_until_sigterm)
 from raw_pika import (  # noqa: E402
     RawEventConsumer, RawRpcClient, RawRpcServer, raw_publish_events)
 
@@ -38,12 +36,7 @@ def serve(args):
         worker = RawRpcServer(args.uri, queue='rpc-' + SERVICE)
     else:
         sys.exit('raw pika has no {} peer'.format(args.scenario))
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
-    worker.start()
-    print('READY', flush=True)
-    stopping.wait()
-    worker.stop()
+    serve_until_sigterm(worker.start, worker.stop)
     if worker.error is not None:
         raise worker.error
 
@@ -56,22 +49,19 @@ def client(args):
         emit({'start': start, 'published': time.monotonic()})
         return
     with RawRpcClient(args.uri, target=SERVICE + '.echo') as caller:
-        if args.scenario == 'footprint':
-            print('POLLING', flush=True)  # the harness starts the service
-        first_answer = wait_until_answering(lambda: caller.call(PAYLOAD))
-        if args.scenario == 'footprint':
-            emit({'first_answer': first_answer})
-        elif args.scenario == 'rpc_seq':
-            sequential_calls(lambda: caller.call(PAYLOAD), args.warmup)
-            emit(sequential_calls(lambda: caller.call(PAYLOAD), args.calls))
-        elif args.scenario == 'rpc_par':
-            # one thread pipelining by correlation id: a minimal pika client
-            # has no thread pool
-            start = time.perf_counter()
-            calls = caller.call_for(args.duration, args.in_flight, PAYLOAD)
-            elapsed = time.perf_counter() - start
-            emit({'calls': calls, 'calls_per_s': calls / elapsed,
-                  'in_flight': args.in_flight})
+        # rpc_par: one thread pipelining by correlation id; a minimal pika
+        # client has no thread pool
+        echo_client(args, lambda: caller.call(PAYLOAD), lambda: timed_calls(
+            lambda: caller.call_for(args.duration, args.in_flight, PAYLOAD),
+            args.in_flight))
+
+
+def timed_calls(make_calls, in_flight):
+    start = time.perf_counter()
+    calls = make_calls()
+    elapsed = time.perf_counter() - start
+    return {'calls': calls, 'calls_per_s': calls / elapsed,
+            'in_flight': in_flight}
 
 
 def main():

@@ -12,10 +12,7 @@ one JSON object on stdout. The ``footprint`` scenario runs this module's
 
 import argparse
 import os
-import signal
 import sys
-import threading
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,60 +25,22 @@ from threadko.standalone.rpc import ClusterRpcProxy  # noqa: E402
 from threadko.web.handlers import http  # noqa: E402
 
 from common import (  # noqa: E402
-    EVENT_TYPE, HELLO, PAYLOAD, SERVICE, SOURCE_SERVICE, add_arguments,
-    concurrent_threads, emit, seen_file_writer, sequential_calls,
-    threaded_loop, wait_until_answering)
-from db_services import DB_SERVICE, db_service  # noqa: E402
+    EVENT_TYPE, PAYLOAD, SERVICE, SOURCE_SERVICE, add_arguments,
+    blocking_db_client, concurrent_threads, dispatch_events, echo_client,
+    serve_until_sigterm, threaded_loop)
+from services import DB_SERVICE, service_for  # noqa: E402
 
-
-class Echo:
-    name = SERVICE
-
-    @rpc
-    def echo(self, value):
-        return value
-
-
-class Hello:
-    name = 'bench_hello'
-
-    @http('GET', '/hello')
-    def hello(self, request):
-        return HELLO
-
-
-def counter_service(expect, seen_file):
-    mark_seen = seen_file_writer(expect, seen_file)
-
-    class Counter:
-        name = 'bench_counter'
-
-        @event_handler(SOURCE_SERVICE, EVENT_TYPE)
-        def handle(self, payload):
-            mark_seen()
-    return Counter
-
-
-def service_for(args):
-    if args.scenario == 'events':
-        return counter_service(args.expect, args.seen_file)
-    if args.scenario == 'http':
-        return Hello
-    if args.scenario == 'blocking_db':
-        return db_service(DependencyProvider, rpc, args.db, args.db_dsn)
-    return Echo
+#: for ``threadko run threadko_peer:Echo`` (the footprint scenario)
+Echo = service_for(argparse.Namespace(scenario='rpc_seq'), rpc, http,
+                   event_handler, DependencyProvider)
 
 
 def serve(args):
     config = {'AMQP_URI': args.uri, 'WEB_SERVER_ADDRESS': args.web_address}
     runner = ServiceRunner(config)
-    runner.add_service(service_for(args))
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
-    runner.start()
-    print('READY', flush=True)
-    stopping.wait()
-    runner.stop()
+    runner.add_service(service_for(
+        args, rpc, http, event_handler, DependencyProvider))
+    serve_until_sigterm(runner.start, runner.stop)
 
 
 def client(args):
@@ -89,36 +48,23 @@ def client(args):
     if args.scenario == 'events':
         dispatch = event_dispatcher(config)
         try:
-            start = time.monotonic()
-            for _ in range(args.events):
-                dispatch(SOURCE_SERVICE, EVENT_TYPE, PAYLOAD)
-            emit({'start': start, 'published': time.monotonic()})
+            dispatch_events(
+                lambda: dispatch(SOURCE_SERVICE, EVENT_TYPE, PAYLOAD),
+                args.events)
         finally:
             dispatch.close()
         return
     with ClusterRpcProxy(config, timeout=60) as proxy:
         if args.scenario == 'blocking_db':
             sleep = getattr(proxy, DB_SERVICE).sleep
-            wait_until_answering(sleep)
-            # a first batch opens the pool's connections; the second is
-            # timed. One thread per call, as a threaded app makes them
-            for _ in range(2):
-                result = concurrent_threads(sleep, args.concurrency)
-            emit(result)
+            # one thread per call, as a threaded app makes them
+            blocking_db_client(
+                sleep, lambda: concurrent_threads(sleep, args.concurrency))
             return
         echo = getattr(proxy, SERVICE).echo
-        if args.scenario == 'footprint':
-            print('POLLING', flush=True)  # the harness starts the service
-        first_answer = wait_until_answering(lambda: echo(PAYLOAD))
-        if args.scenario == 'footprint':
-            emit({'first_answer': first_answer})
-        elif args.scenario == 'rpc_seq':
-            sequential_calls(lambda: echo(PAYLOAD), args.warmup)
-            emit(sequential_calls(lambda: echo(PAYLOAD), args.calls))
-        elif args.scenario == 'rpc_par':
-            # what a threaded app does: threads sharing one proxy
-            emit(threaded_loop(lambda: echo(PAYLOAD), args.in_flight,
-                               args.duration))
+        # rpc_par: what a threaded app does, threads sharing one proxy
+        echo_client(args, lambda: echo(PAYLOAD), lambda: threaded_loop(
+            lambda: echo(PAYLOAD), args.in_flight, args.duration))
 
 
 def main():

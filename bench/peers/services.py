@@ -1,8 +1,9 @@
-"""The ``blocking_db`` service, written once for both frameworks: threadko
-and Nameko 2 share the ``DependencyProvider`` and ``@rpc`` API, so the same
-class body runs on either (the peer passes its framework's two names in).
+"""The benchmark services, written once for both frameworks: threadko and
+Nameko 2 share the ``@rpc``, ``@http``, ``@event_handler`` and
+``DependencyProvider`` API, so the same class bodies run on either (each
+peer passes its framework's names in, see :func:`service_for`).
 
-Each call borrows a connection from a pool kept by the dependency provider
+In ``blocking_db``, each call borrows a connection from a pool kept by the dependency provider
 (at most one per worker; ``queue.Queue`` is green under eventlet) and runs
 one query that sleeps ``DB_SLEEP`` seconds in the database:
 ``SELECT SLEEP(0.1)`` through MySQLdb (``mysqlclient``) on MariaDB, or
@@ -12,7 +13,8 @@ one query that sleeps ``DB_SLEEP`` seconds in the database:
 import json
 import queue
 
-from common import DB_SLEEP
+from common import (
+    DB_SLEEP, EVENT_TYPE, HELLO, SERVICE, SOURCE_SERVICE, seen_file_writer)
 
 DB_SERVICE = 'bench_db'
 
@@ -75,3 +77,38 @@ def db_service(DependencyProvider, rpc, db, dsn):
             return True
 
     return BenchDb
+
+
+def service_for(args, rpc, http, event_handler, DependencyProvider):
+    """The service class of ``args.scenario``, built on the given
+    framework's names."""
+    if args.scenario == 'events':
+        mark_seen = seen_file_writer(args.expect, args.seen_file)
+
+        class Counter:
+            name = 'bench_counter'
+
+            @event_handler(SOURCE_SERVICE, EVENT_TYPE)
+            def handle(self, payload):
+                mark_seen()
+        return Counter
+
+    if args.scenario == 'http':
+        class Hello:
+            name = 'bench_hello'
+
+            @http('GET', '/hello')
+            def hello(self, request):
+                return HELLO
+        return Hello
+
+    if args.scenario == 'blocking_db':
+        return db_service(DependencyProvider, rpc, args.db, args.db_dsn)
+
+    class Echo:
+        name = SERVICE
+
+        @rpc
+        def echo(self, value):
+            return value
+    return Echo
