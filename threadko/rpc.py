@@ -181,25 +181,45 @@ class RpcConsumer(ProviderCollector, SharedExtension):
             provider = self.get_provider_for_method(message.routing_key)
             provider.handle_message(body, message)
         except (MethodNotFound, MalformedRequest, IncorrectSignature):
-            self.reply_and_ack(message, sys.exc_info())
+            self.reply_then_ack(message, None, sys.exc_info())
 
     def handle_undecodable(self, message, exc):
         _log.warning('Malformed RPC request %s: %s', message, exc)
         # the caller's encoding is the problem: answer in our own
-        self.reply_and_ack(message, _exc_info(MalformedRequest(str(exc))),
-                           serializer=self.container.serializer)
+        self.reply_then_ack(message, None,
+                            _exc_info(MalformedRequest(str(exc))),
+                            serializer=self.container.serializer)
 
-    def reply_and_ack(self, message, exc_info, serializer=None):
-        """Reply with an error no worker was started for, then ack."""
+    def reply_then_ack(self, message, result, exc_info, serializer=None):
+        """Reply to ``message``, then ack it once the broker confirmed the
+        reply (Nameko's order): if the process dies between the two, the
+        request is redelivered rather than lost. A reply that cannot be
+        published gets the request requeued.
+
+        The reply goes out on the connection the request came in on, from
+        its consumer thread, and the caller does not wait for the confirm:
+        if that connection is lost first, the broker requeues the request.
+
+        :returns: the ``(result, exc_info)`` that was sent
+        """
         responder = Responder(
-            self.publisher, self.exchange.name, message, serializer)
+            self.publisher, self.exchange.name, message, serializer,
+            loop_publisher=self.queue_consumer.publisher)
+
+        def on_done(error):
+            if error is None:
+                message.ack()
+            else:
+                _log.error('Could not publish the reply to %s (%s); '
+                           'requeueing it', message, error)
+                message.requeue()
         try:
-            responder.send_response(None, exc_info)
+            return responder.send_response(result, exc_info, on_done)
         except Exception:
-            _log.exception('Could not send the error reply to %s', message)
+            _log.exception(
+                'Could not publish the reply to %s; requeueing it', message)
             message.requeue()
-            return
-        message.ack()
+            return result, exc_info
 
 
 class Rpc(Entrypoint):
@@ -243,34 +263,8 @@ class Rpc(Entrypoint):
             message.requeue()
 
     def handle_result(self, message, worker_ctx, result, exc_info):
-        """Reply, then ack once the broker confirmed the reply (Nameko's
-        order): if the process dies between the two, the request is
-        redelivered rather than lost.
-
-        The reply goes out on the connection the request came in on, from
-        its consumer thread, and the worker does not wait for the confirm:
-        if that connection is lost first, the broker requeues the request.
-        """
-        rpc_consumer = self.rpc_consumer
-        responder = Responder(
-            rpc_consumer.publisher, rpc_consumer.exchange.name, message,
-            loop_publisher=rpc_consumer.queue_consumer.publisher)
-
-        def on_done(error):
-            if error is None:
-                message.ack()
-            else:
-                _log.error('Could not publish the reply to %s (%s); '
-                           'requeueing it', message, error)
-                message.requeue()
-        try:
-            result, exc_info = responder.send_response(
-                result, exc_info, on_done)
-        except Exception:
-            _log.exception(
-                'Could not publish the reply to %s; requeueing it', message)
-            message.requeue()
-        return result, exc_info
+        """Reply, then ack (see :meth:`RpcConsumer.reply_then_ack`)."""
+        return self.rpc_consumer.reply_then_ack(message, result, exc_info)
 
 
 rpc = Rpc.decorator
