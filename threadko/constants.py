@@ -21,6 +21,9 @@ PARENT_CALLS_CONFIG_KEY = 'parent_calls_tracked'
 # threadko-only: how long stop()/kill() wait for a managed thread to finish
 # after its extension was told to stop, before giving up on it with a warning.
 THREAD_JOIN_TIMEOUT_CONFIG_KEY = 'THREAD_JOIN_TIMEOUT'
+# threadko-only: how long `threadko run` lets a graceful stop take before it
+# kills the services (below Kubernetes' default 30 s before SIGKILL)
+SHUTDOWN_GRACE_PERIOD_CONFIG_KEY = 'SHUTDOWN_GRACE_PERIOD'
 
 DEFAULT_MAX_WORKERS = 10
 DEFAULT_PARENT_CALLS_TRACKED = 10
@@ -35,6 +38,7 @@ DEFAULT_TRANSPORT_OPTIONS = {
 }
 DEFAULT_AMQP_URI = 'memory://'
 DEFAULT_THREAD_JOIN_TIMEOUT = 10.0
+DEFAULT_SHUTDOWN_GRACE_PERIOD = 25.0
 
 CALL_ID_STACK_CONTEXT_KEY = 'call_id_stack'
 AUTH_TOKEN_CONTEXT_KEY = 'auth_token'

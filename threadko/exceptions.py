@@ -219,6 +219,35 @@ class BrokerRefused(pika.exceptions.ChannelClosedByBroker):
             '; {}'.format(hint) if hint else '')
 
 
+class BrokerUnavailable(ThreadkoException, ConnectionError):
+    """The broker could not be reached to publish (or declare) something,
+    and the retry policy is spent: nothing was sent.
+
+    Raised by publishers (``EventDispatcher``, ``Publisher``, RPC calls and
+    the standalone clients) during a broker outage that outlasts their
+    ``retry_policy``. A ``ConnectionError``; the original error is its
+    ``__cause__``. Retry later, or allow more retries (``retry_policy`` on
+    the publisher, or ``max_retries`` etc. in ``TRANSPORT_OPTIONS``).
+    """
+
+    def __init__(self, action, safe_uri, attempts, error):
+        self.action = action
+        self.safe_uri = safe_uri
+        self.attempts = attempts
+        self.error = error
+        super().__init__(action, safe_uri, attempts, error)
+
+    def __str__(self):
+        return (
+            'Could not {}: the broker at {} was unreachable on {} '
+            'attempt{} (last error: {}: {}). Nothing was sent; try again '
+            'once the broker is back, or allow more retries with '
+            'retry_policy or TRANSPORT_OPTIONS.'.format(
+                self.action, self.safe_uri, self.attempts,
+                '' if self.attempts == 1 else 's',
+                type(self.error).__name__, self.error))
+
+
 # the classes nameko.exceptions also defines (see _wire_path)
 _NAMEKO_NAMES = frozenset([
     'RemoteError', 'BadRequest', 'MalformedRequest', 'MethodNotFound',

@@ -14,7 +14,9 @@ import pika
 import pika.exceptions
 import pytest
 
-from threadko.exceptions import BrokerRefused, UndeliverableMessage
+from threadko.exceptions import (
+    BrokerRefused, BrokerUnavailable, UndeliverableMessage,
+)
 from threadko.messaging import Exchange, Publisher, Queue, consume
 from threadko.testing.services import entrypoint_waiter
 
@@ -473,12 +475,23 @@ def test_publisher_class_attribute_retry_options_are_honoured(
                 if r.levelno == logging.WARNING and 'retrying' in r.message]
 
     with caplog.at_level(logging.WARNING):
-        with pytest.raises(pika.exceptions.AMQPConnectionError):
+        with pytest.raises(BrokerUnavailable) as no_retry_error:
             send(no_retry, 'x', routing_key='q')
         assert retry_warnings() == []
-        with pytest.raises(pika.exceptions.AMQPConnectionError):
+        with pytest.raises(BrokerUnavailable) as quick_error:
             send(quick, 'x', routing_key='q')
         assert len(retry_warnings()) == 2
+
+    # a ConnectionError that says what failed, where, and what to do
+    assert isinstance(quick_error.value, ConnectionError)
+    assert isinstance(quick_error.value.__cause__,
+                      pika.exceptions.AMQPConnectionError)
+    assert 'unreachable on 1 attempt ' in str(no_retry_error.value)
+    message = str(quick_error.value)
+    assert message.startswith("Could not publish to exchange ")
+    assert 'amqp://guest:********@127.0.0.1:1/' in message
+    assert 'unreachable on 3 attempts' in message
+    assert 'Nothing was sent' in message
 
 
 def test_publisher_uses_the_container_serializer(broker, containers):

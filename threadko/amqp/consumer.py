@@ -19,6 +19,7 @@ dropped, because the broker has already requeued those messages.
 import logging
 import queue
 import threading
+import time
 from functools import partial
 
 import pika.exceptions
@@ -212,6 +213,7 @@ class ConsumerLoop:
         #: publishes on this loop's connection (see loop_publish)
         self.publisher = LoopPublisher(self)
         self._stopping = threading.Event()
+        self._drain_deadline = None  # see stop()
         self._ready = _Ready()
         self._waiters = set()
         self._waiters_lock = threading.Lock()
@@ -280,6 +282,23 @@ class ConsumerLoop:
         self._ready.succeed()
         while not self._stopping.is_set():
             connection.process_data_events(time_limit=POLL_INTERVAL)
+        self._drain(connection)
+
+    def _drain(self, connection):
+        # a graceful stop: replies published by the last workers are
+        # confirmed, and their requests acked, before the connection closes
+        # (else the broker would redeliver requests that were answered)
+        deadline = self._drain_deadline
+        while deadline is not None and not self.publisher.settled():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                _log.warning(
+                    'Closing the connection of %s with publishes or acks '
+                    'still unconfirmed; the broker will redeliver their '
+                    'messages', self.description)
+                return
+            connection.process_data_events(
+                time_limit=min(remaining, POLL_INTERVAL))
 
     def wait_ready(self):
         """Block until the first connection consumes (or the loop was
@@ -317,9 +336,16 @@ class ConsumerLoop:
         with self._waiters_lock:
             self._waiters.discard(done)
 
-    def stop(self):
+    def stop(self, drain_timeout=None):
         """Ask the loop to close its connection and return (from any
-        thread); the owner joins the thread."""
+        thread); the owner joins the thread.
+
+        :param drain_timeout: first wait up to this many seconds for what
+            the :attr:`publisher` has in flight (publishes, their confirms
+            and the acks that follow) to settle
+        """
+        if drain_timeout is not None:
+            self._drain_deadline = time.monotonic() + drain_timeout
         self._stopping.set()
         self._ready.abort()
         self.call_soon(lambda: None)  # wake it now
@@ -380,16 +406,17 @@ class QueueConsumer(ProviderCollector, SharedExtension):
         """Wait until every provider has unregistered (their workers are
         done by then), then close the connection and end both threads."""
         self.wait_for_providers()
-        self._shutdown(join_timeout=self.container.thread_join_timeout)
+        timeout = self.container.thread_join_timeout
+        self._shutdown(join_timeout=timeout, drain_timeout=timeout / 2)
 
     def kill(self):
         """Close the connection now: unacked messages go back to the
         broker."""
         self._shutdown(join_timeout=1.0)
 
-    def _shutdown(self, join_timeout):
+    def _shutdown(self, join_timeout, drain_timeout=None):
         if self._loop is not None:
-            self._loop.stop()
+            self._loop.stop(drain_timeout)
         dispatcher = self._dispatcher_thread
         if dispatcher is not None:
             self._dispatch_queue.put(_STOP)

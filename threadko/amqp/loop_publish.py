@@ -155,6 +155,16 @@ class LoopPublisher:
         elif messages:
             channel.publish(messages)
 
+    def settled(self):
+        """True when nothing handed to this publisher is still waiting: no
+        message unpublished or unconfirmed, no :meth:`run_in_poll` callback
+        pending. Called on the loop's thread."""
+        with self._lock:
+            if self._outbox or self._callbacks:
+                return False
+        channel = self._channel
+        return channel is None or not channel.unconfirmed
+
     def run_in_poll(self, callback):
         """Run ``callback()`` soon on the loop's thread, inside pika's poll:
         for short work that does not block (an ack through the channel's
@@ -292,6 +302,10 @@ class _PikaConfirmChannel:
             if message.mandatory:
                 self._returnable[message.properties.correlation_id] = message
 
+    @property
+    def unconfirmed(self):
+        return bool(self._unconfirmed)
+
     def _on_return(self, channel, method, properties, body):
         message = self._returnable.get(properties.correlation_id)
         if message is not None:
@@ -359,6 +373,8 @@ class _SyncConfirmChannel:
                 message.done(exc)
             else:
                 message.done(None)
+
+    unconfirmed = False  # each message is confirmed as it is published
 
     def fail_all(self, error):
         pass  # nothing is ever left unconfirmed

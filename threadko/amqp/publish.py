@@ -25,7 +25,9 @@ from threadko.amqp.connection import (
 from threadko.constants import (
     DEFAULT_RETRY_POLICY, DEFAULT_SERIALIZER, PERSISTENT,
 )
-from threadko.exceptions import BrokerRefused, UndeliverableMessage
+from threadko.exceptions import (
+    BrokerRefused, BrokerUnavailable, UndeliverableMessage,
+)
 from threadko.extensions import SharedExtension
 from threadko import serialization
 
@@ -164,6 +166,7 @@ class ProducerPool:
             retry_policy if retry_policy is not None
             else DEFAULT_RETRY_POLICY)
         intervals = policy.intervals() if retry else iter(())
+        attempts = 0
         while True:
             producer = None
             reused = False
@@ -185,9 +188,14 @@ class ProducerPool:
                     # the next one (or a new one) straight away
                     _log.debug('idle publisher connection was lost (%r)', exc)
                     continue
+                attempts += 1
                 wait = next(intervals, None)
                 if wait is None:
-                    raise
+                    if isinstance(exc, pika.exceptions.NackError):
+                        raise
+                    raise BrokerUnavailable(
+                        action(), self.connector.safe_uri, attempts,
+                        exc) from exc
                 _log.warning(
                     'Error publishing to broker at %s (%r); retrying in '
                     '%s seconds', self.connector.safe_uri, exc, wait)

@@ -11,6 +11,10 @@ Process lifecycle (threads version of Nameko's ``nameko run``):
 - a second SIGINT or SIGTERM while stopping kills the services and exits
   with status 130. Running workers cannot be interrupted; when killed they
   are abandoned, and the process exits without waiting for them;
+- a graceful stop that takes longer than the grace period
+  (``SHUTDOWN_GRACE_PERIOD`` seconds, or ``--grace-period``) kills the
+  services the same way and exits with status 1: the messages of the
+  abandoned workers were never acked, so the broker redelivers them;
 - when a container dies of an error, the runner stops the other services,
   the error is logged with its traceback and the exit status is 1.
 """
@@ -31,7 +35,10 @@ import click
 from threadko.cli.options import config_options
 from threadko.configuration import config as global_config
 from threadko.config_files import build_config_with_warnings, setup_logging
-from threadko.constants import AMQP_URI_CONFIG_KEY
+from threadko.constants import (
+    AMQP_URI_CONFIG_KEY, DEFAULT_SHUTDOWN_GRACE_PERIOD,
+    SHUTDOWN_GRACE_PERIOD_CONFIG_KEY,
+)
 from threadko.exceptions import CommandError
 from threadko.extensions import ENTRYPOINT_EXTENSIONS_ATTR
 from threadko.runners import ServiceRunner
@@ -137,12 +144,16 @@ class ServiceProcess:
     from a signal handler); the main thread does the work.
 
     :param runner: a runner with its services added, not started
+    :param grace_period: seconds a graceful stop may take before the
+        services are killed (``None``: wait for as long as it takes)
     """
 
-    def __init__(self, runner):
+    def __init__(self, runner, grace_period=DEFAULT_SHUTDOWN_GRACE_PERIOD):
         self.runner = runner
+        self.grace_period = grace_period
         self._events = queue.SimpleQueue()
         self._stopper = None
+        self._stop_deadline = None
         self._waiter = threading.Thread(
             target=self._wait_for_runner, name='threadko-cli-wait',
             daemon=True)
@@ -203,6 +214,13 @@ class ServiceProcess:
             try:
                 kind, value = self._events.get(timeout=POLL_INTERVAL)
             except queue.Empty:
+                if self._grace_period_over():
+                    _log.error(
+                        'services still stopping after the %ss grace period '
+                        '(%s): killing them; the work they were doing goes '
+                        'back to the broker', self.grace_period,
+                        SHUTDOWN_GRACE_PERIOD_CONFIG_KEY)
+                    return self._kill(EXIT_ERROR)
                 continue
 
             if kind == 'signal':
@@ -215,6 +233,9 @@ class ServiceProcess:
                         target=self._stop_runner, name='threadko-cli-stop',
                         daemon=True)
                     self._stopper.start()
+                    if self.grace_period is not None:
+                        self._stop_deadline = (
+                            time.monotonic() + self.grace_period)
                 else:
                     _log.warning('%s received again: killing services', name)
                     return self._kill(EXIT_KILLED)
@@ -236,6 +257,10 @@ class ServiceProcess:
                 _log.error('stopping services failed; killing them',
                            exc_info=value)
                 return self._kill(EXIT_ERROR)
+
+    def _grace_period_over(self):
+        return (self._stop_deadline is not None
+                and time.monotonic() >= self._stop_deadline)
 
     def _join_stopper(self, timeout=None):
         if self._stopper is not None:
@@ -287,6 +312,18 @@ def exit_abandoning_threads(status):
     os._exit(status)
 
 
+def _grace_period(value):
+    """The grace period in seconds, or None for no limit (``None`` or a
+    value of 0 or less in the config)."""
+    try:
+        seconds = None if value is None else float(value)
+    except (TypeError, ValueError):
+        raise CommandError(
+            '{} must be a number of seconds, not {!r}'.format(
+                SHUTDOWN_GRACE_PERIOD_CONFIG_KEY, value))
+    return seconds if seconds is not None and seconds > 0 else None
+
+
 def _prepend_cwd_to_sys_path():
     cwd = os.getcwd()
     if not any(entry in ('', '.', cwd) for entry in sys.path):
@@ -298,10 +335,15 @@ def _prepend_cwd_to_sys_path():
 @click.option('--broker', metavar='URI',
               help='AMQP broker URI, used only when the config does not set '
                    'AMQP_URI (default: the in-process broker, memory://).')
+@click.option('--grace-period', type=float, metavar='SECONDS',
+              help='How long a graceful stop may take before the services '
+                   'are killed (exit status 1). Overrides the config\'s '
+                   'SHUTDOWN_GRACE_PERIOD; default {}s.'.format(
+                       DEFAULT_SHUTDOWN_GRACE_PERIOD))
 @click.argument('services', nargs=-1, required=True,
                 metavar='MODULE[:CLASS]...')
 @click.pass_context
-def run(ctx, config_path, defines, broker, services):
+def run(ctx, config_path, defines, broker, grace_period, services):
     """Run one or more services until stopped.
 
     Each argument is a module (every class in it with entrypoints is run)
@@ -310,7 +352,8 @@ def run(ctx, config_path, defines, broker, services):
     in class definitions.
 
     The first Ctrl-C or SIGTERM stops gracefully (running workers finish;
-    exit status 0); a second one kills the services (exit status 130).
+    exit status 0); a second one kills the services (exit status 130), as
+    does a stop that outlasts the grace period (exit status 1).
     """
     config, config_warnings = build_config_with_warnings(
         config_path, defines, broker)
@@ -330,7 +373,10 @@ def run(ctx, config_path, defines, broker, services):
     for service_cls in service_classes:
         runner.add_service(service_cls)
 
-    status = ServiceProcess(runner).run()
+    if grace_period is None:
+        grace_period = config.get(
+            SHUTDOWN_GRACE_PERIOD_CONFIG_KEY, DEFAULT_SHUTDOWN_GRACE_PERIOD)
+    status = ServiceProcess(runner, _grace_period(grace_period)).run()
     if status != EXIT_OK:
         exit_abandoning_threads(status)
     ctx.exit(status)
