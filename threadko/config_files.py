@@ -32,6 +32,7 @@ from threadko.constants import (
     AMQP_URI_CONFIG_KEY, DEFAULT_AMQP_URI, LOGGING_CONFIG_KEY,
 )
 from threadko.exceptions import ConfigurationError
+from threadko.utils import sanitize_url
 
 __all__ = [
     'load_config', 'parse_define', 'build_config',
@@ -263,7 +264,7 @@ def parse_define(text):
     if not key:
         raise ConfigurationError(
             'Invalid --define {!r}: expected KEY=VALUE (or KEY alone for '
-            'True)'.format(text))
+            'True)'.format(sanitize_url(text)))
     if not separator:
         return key, True
     try:
@@ -271,7 +272,7 @@ def parse_define(text):
     except yaml.YAMLError as exc:
         raise ConfigurationError(
             'Invalid --define {!r}: the value is not valid YAML: {}'.format(
-                text, _yaml_error_message(exc)))
+                sanitize_url(text), _yaml_error_message(exc)))
 
 
 def build_config(config_path=None, defines=(), broker=None):

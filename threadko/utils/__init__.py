@@ -67,12 +67,28 @@ def import_from_path(path):
     return obj
 
 
+# ``scheme://user:password@`` anywhere in a text, for what urlparse misses
+# (the second and later URIs of a ``;``-separated failover list, a URL inside
+# other text, a password with a raw ``#`` or ``?``) or refuses (e.g. a
+# malformed IPv6 host)
+_URL_CREDENTIALS = re.compile(
+    r'(?P<prefix>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^\s/]*(?=@)')
+
+
 def sanitize_url(url):
-    """Return ``url`` with its password (if any) replaced by ``********``."""
-    parts = urlparse(url)
-    if parts.password is None:
-        return url
-    host_info = parts.netloc.rsplit('@', 1)[-1]
-    parts = parts._replace(netloc='{}:{}@{}'.format(
-        parts.username, REDACTED, host_info))
-    return parts.geturl()
+    """Return ``url`` with its password (if any) replaced by ``********``.
+
+    Also redacts every ``scheme://user:password@`` in text that holds
+    several URLs (an ``AMQP_URI`` failover list ``uri1;uri2``) or a URL
+    within other words. Never raises, so it is safe in error messages.
+    """
+    try:
+        parts = urlparse(url)
+        password = parts.password
+    except ValueError:  # e.g. 'Invalid IPv6 URL'; the pattern still applies
+        password = None
+    if password is not None:
+        host_info = parts.netloc.rsplit('@', 1)[-1]
+        url = parts._replace(netloc='{}:{}@{}'.format(
+            parts.username, REDACTED, host_info)).geturl()
+    return _URL_CREDENTIALS.sub(r'\g<prefix>' + REDACTED, url)
