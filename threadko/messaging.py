@@ -15,6 +15,7 @@ Both declare their entities exactly as Nameko 2 does, so queues and
 exchanges can be shared with Nameko services on the same broker.
 """
 
+import logging
 import warnings
 from functools import partial
 
@@ -23,7 +24,7 @@ from threadko.amqp.entities import Exchange, Queue, binding
 from threadko.amqp.headers import decode_from_headers, encode_to_headers
 from threadko.amqp.publish import Publisher as CorePublisher
 from threadko.amqp.publish import SharedProducerPool
-from threadko.constants import HEADER_PREFIX
+from threadko.constants import CALL_ID_STACK_CONTEXT_KEY, HEADER_PREFIX
 from threadko.exceptions import ContainerBeingKilled
 from threadko.extensions import DependencyProvider, Entrypoint
 
@@ -31,6 +32,8 @@ __all__ = [
     'Publisher', 'Consumer', 'consume', 'QueueConsumer', 'Exchange',
     'Queue', 'binding', 'HeaderEncoder', 'HeaderDecoder',
 ]
+
+_log = logging.getLogger(__name__)
 
 # options Nameko 2.6 took as class attributes of Publisher subclasses
 _COMPAT_ATTRS = ('retry', 'retry_policy', 'use_confirms')
@@ -64,7 +67,18 @@ class HeaderDecoder:
     header_prefix = HEADER_PREFIX
 
     def unpack_message_headers(self, message):
-        return decode_from_headers(message.headers, prefix=self.header_prefix)
+        context_data = decode_from_headers(
+            message.headers, prefix=self.header_prefix)
+        stack = context_data.get(CALL_ID_STACK_CONTEXT_KEY)
+        if stack is not None and not (isinstance(stack, list) and all(
+                isinstance(call_id, str) for call_id in stack)):
+            # the worker would fail on it (e.g. in a tracer's setup, which
+            # kills the container): bad input, so drop it and carry on
+            _log.warning('Ignoring the malformed %s.%s header of %s: %.200r '
+                         '(expected a list of call ids)', self.header_prefix,
+                         CALL_ID_STACK_CONTEXT_KEY, message, stack)
+            del context_data[CALL_ID_STACK_CONTEXT_KEY]
+        return context_data
 
 
 class Publisher(DependencyProvider, HeaderEncoder):

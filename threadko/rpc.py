@@ -24,20 +24,21 @@ from functools import partial
 
 from threadko.amqp.consumer import QueueConsumer
 from threadko.amqp.entities import Exchange, Queue
-from threadko.amqp.headers import decode_from_headers, encode_to_headers
+from threadko.amqp.headers import encode_to_headers
 from threadko.amqp.loop_publish import PublishNotConfirmed
 from threadko.amqp.publish import Publisher, SharedProducerPool
 from threadko.constants import (
     DEFAULT_SERIALIZER, RPC_EXCHANGE_CONFIG_KEY,
 )
 from threadko.exceptions import (
-    ContainerBeingKilled, IncorrectSignature, MalformedRequest,
+    BrokerRefused, ContainerBeingKilled, IncorrectSignature, MalformedRequest,
     MethodNotFound, RpcTimeout, UndeliverableMessage, UnknownService,
     UnserializableValueError, deserialize, serialize,
 )
 from threadko.extensions import (
     DependencyProvider, Entrypoint, ProviderCollector, SharedExtension,
 )
+from threadko.messaging import HeaderDecoder
 from threadko import serialization
 
 _log = logging.getLogger(__name__)
@@ -92,9 +93,10 @@ class Responder:
 
         ``on_done(error)`` is called once the reply is confirmed (``error``
         None) or could not be published: at once with the pool publisher
-        (whose errors raise instead), later with the loop publisher. No
-        reply is sent, and ``on_done(None)`` is called at once, for a
-        request without ``reply_to``.
+        (whose errors raise instead, but for a refusal), later with the
+        loop publisher. No reply is sent, and ``on_done(None)`` is called at
+        once, for a request without ``reply_to``; for a reply the broker
+        refuses, see :meth:`_publish`.
         """
         properties = self.message.properties
         reply_to = properties.reply_to
@@ -111,7 +113,9 @@ class Responder:
             codec = serialization.serializer_for(properties.content_type)
             serializer = codec.name if codec else DEFAULT_SERIALIZER
 
-        error = serialize(exc_info[1]) if exc_info is not None else None
+        error = None
+        if exc_info is not None:
+            error = self._serialize_error(exc_info[1])
         prepare = partial(
             self.publisher.prepare, exchange=self.exchange_name,
             routing_key=reply_to, serializer=serializer,
@@ -125,16 +129,64 @@ class Responder:
             exc_info = (type(exc), exc, None)
             outgoing = prepare({'result': None, 'error': serialize(exc)})
 
+        self._publish(outgoing, on_done, prepare)
+        return result, exc_info
+
+    def _publish(self, outgoing, on_done, prepare, attempt=1):
+        """Publish ``outgoing``, then ``on_done(error)``.
+
+        A reply the broker refuses (:class:`BrokerRefused`: over its
+        maximum message size, say) would be refused again whenever the
+        request is redelivered, so it is not requeued. The refusal closes
+        the channel, failing every reply in flight on it, so the reply is
+        first published once more; refused again, the caller gets an error
+        reply naming the refusal instead, and if even that is refused the
+        request is dropped (acked) with an error logged.
+        """
+        def settled(error):
+            if not isinstance(error, BrokerRefused):
+                if on_done is not None:
+                    on_done(error)
+            elif attempt == 1:
+                self._publish(outgoing, on_done, prepare, attempt=2)
+            elif attempt == 2:
+                _log.error('The broker refused the reply to %s (%s); '
+                           'replying with that error instead',
+                           self.message, error)
+                self._publish(prepare({'result': None,
+                                       'error': serialize(error)}),
+                              on_done, prepare, attempt=3)
+            else:
+                _log.error('The broker refused the error reply to %s too '
+                           '(%s); dropping the request', self.message, error)
+                if on_done is not None:
+                    on_done(None)
+
         loop_publisher = self.loop_publisher
         if loop_publisher is not None and outgoing.can_publish_on_loop:
             loop_publisher.publish(
                 outgoing.exchange, outgoing.routing_key, outgoing.body,
-                outgoing.properties, outgoing.mandatory, on_done)
-        else:
+                outgoing.properties, outgoing.mandatory, settled)
+            return
+        try:
             self.publisher.send(outgoing)
-            if on_done is not None:
-                on_done(None)
-        return result, exc_info
+        except BrokerRefused as exc:
+            settled(exc)
+        else:
+            settled(None)
+
+    def _serialize_error(self, exc):
+        """The wire form of ``exc``; for one that cannot be serialised
+        (``safe_for_serialization`` fails on its arguments), that of an
+        :class:`UnserializableValueError` naming it, as for a result."""
+        try:
+            return serialize(exc)
+        except Exception as error:
+            substitute = UnserializableValueError(exc)
+            _log.error('Cannot serialise the exception that %s raised (%s: '
+                       '%s); replying with %s', self.message,
+                       type(error).__name__, error, substitute)
+            return serialize(substitute)
 
 
 class RpcConsumer(ProviderCollector, SharedExtension):
@@ -222,7 +274,7 @@ class RpcConsumer(ProviderCollector, SharedExtension):
             return result, exc_info
 
 
-class Rpc(Entrypoint):
+class Rpc(Entrypoint, HeaderDecoder):
     """The ``@rpc`` entrypoint: exposes a method to RPC callers.
 
     :param expected_exceptions: exception types the caller may cause;
@@ -253,7 +305,7 @@ class Rpc(Entrypoint):
 
         self.check_signature(args, kwargs)
 
-        context_data = decode_from_headers(message.headers)
+        context_data = self.unpack_message_headers(message)
         handle_result = partial(self.handle_result, message)
         try:
             self.container.spawn_worker(

@@ -248,7 +248,7 @@ class ConsumerLoop:
                 _log.warning(
                     'Error connecting to broker at %s (%s).\n'
                     'Retrying in %s seconds.', self.connector.safe_uri,
-                    str(exc) or type(exc).__name__, wait)
+                    describe_error(exc), wait)
                 self._stopping.wait(wait)
                 continue
 
@@ -267,7 +267,7 @@ class ConsumerLoop:
                     break
                 _log.warning(
                     'Lost connection to broker at %s (%s); reconnecting',
-                    self.connector.safe_uri, str(exc) or type(exc).__name__)
+                    self.connector.safe_uri, describe_error(exc))
             finally:
                 self.connection = None
                 _close_quietly(connection)
@@ -565,6 +565,13 @@ class _Ready:
         self._event.wait()
         if self._error is not None:
             raise self._error
+
+
+def describe_error(exc):
+    """A connection error in words: pika's often have an empty ``str()``
+    (a refused connection is ``AMQPConnectionError`` wrapping the socket
+    error), so fall back to their repr."""
+    return str(exc) or repr(exc)
 
 
 def _forever(policy):

@@ -21,8 +21,11 @@ import time
 from collections import namedtuple
 
 from waitress import wasyncore
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
 from waitress.server import create_server
 from waitress.task import ThreadedTaskDispatcher
+from waitress.utilities import RequestEntityTooLarge as _WaitressTooLarge
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.routing import Map
 from werkzeug.wrappers import Request
@@ -288,6 +291,46 @@ class _CountedTask:
         return repr(self.task)
 
 
+def _body_limited_channel(limit):
+    """waitress's connection class, refusing (413) a request whose body is
+    over ``limit`` bytes: at once from its Content-Length, as soon as the
+    decoded chunks pass it for a chunked body.
+
+    waitress's own limit counts a chunked body with its chunk framing, so
+    a body under the limit could be refused; it is only a backstop here
+    (see :func:`_raw_body_limit`). Uses waitress internals:
+    ``parser_class``, and the parser's ``content_length``, ``chunked``,
+    ``body_rcv``, ``error`` and ``completed``.
+    """
+    class Parser(HTTPRequestParser):
+        def received(self, data):
+            consumed = super().received(data)
+            # waitress's own 413 (a huge Content-Length, or absurd chunk
+            # framing) gets this message too: it names the configured limit
+            if isinstance(self.error, _WaitressTooLarge) or (
+                    self.error is None and (
+                        self.content_length > limit
+                        or (self.chunked and self.body_rcv is not None
+                            and len(self.body_rcv) > limit))):
+                self.error = _WaitressTooLarge(
+                    'The request body is larger than {} bytes.'.format(limit))
+                self.completed = True
+            return consumed
+
+    class Channel(HTTPChannel):
+        parser_class = Parser
+
+    return Channel
+
+
+def _raw_body_limit(limit):
+    """waitress's limit (bodies of that many bytes *or more* are refused,
+    chunk framing included): room for any sane framing above ``limit``."""
+    if limit is None:
+        return 2 ** 62
+    return 2 * limit + 64 * 1024
+
+
 class _WaitressServer:
     """A waitress server on its own thread, stoppable gracefully."""
 
@@ -299,9 +342,7 @@ class _WaitressServer:
             self._server = create_server(
                 app, host=host, port=bind_address.port,
                 _dispatcher=self.threads, ident='threadko',
-                # waitress refuses bodies of its limit or more; ours are
-                # over the limit
-                max_request_body_size=(max_request_body_size or 2 ** 62) + 1,
+                max_request_body_size=_raw_body_limit(max_request_body_size),
                 clear_untrusted_proxy_headers=False)
         except OSError as exc:
             self.threads.shutdown(timeout=1)
@@ -311,6 +352,9 @@ class _WaitressServer:
                 'Cannot serve HTTP on {}:{}: {}. Set {} to a free '
                 '`[host:]port`, or stop what is using it.'.format(
                     host, bind_address.port, reason, WEB_SERVER_CONFIG_KEY))
+        if max_request_body_size is not None:
+            self._server.channel_class = _body_limited_channel(
+                max_request_body_size)
         self.port = int(self._server.effective_port)
         self._stop_timeout = stop_timeout
         self._draining = False
