@@ -350,6 +350,31 @@ def test_worker_result_receives_exc_info_and_the_container_lives_on(
     assert container.wait() is None
 
 
+def test_an_exception_whose_str_fails_is_still_logged(containers, caplog):
+    class Unprintable(Exception):
+        def __str__(self):
+            raise RuntimeError('no str for you')
+
+    class Svc:
+        name = 'svc'
+
+        @fire
+        def method(self):
+            raise Unprintable()
+
+    container = containers(Svc)
+    container.start()
+    with caplog.at_level(logging.ERROR, logger='threadko.containers'):
+        with pytest.raises(Unprintable):
+            entrypoint_for(container, 'method').fire().result()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any('<Unprintable with an unprintable message>' in message
+               for message in messages), messages
+    assert entrypoint_for(container, 'method').fire().done.wait(WAIT)
+    container.stop()
+    assert container.wait() is None
+
+
 def test_expected_exceptions_are_logged_as_warnings(containers, caplog):
     class Svc:
         name = 'svc'

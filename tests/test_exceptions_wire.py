@@ -208,3 +208,15 @@ def test_remote_error_serializes_like_any_other():
         'exc_args': ['KeyError k'],
         'value': 'KeyError k',
     }
+
+
+@pytest.mark.parametrize('action, hint', [
+    ('publish to exchange \'x\' with routing key \'k\'',
+     'the message itself was refused'),
+    ('declare [<Queue q>]', 'it exists with different flags'),
+])
+def test_broker_refused_406_hint_depends_on_what_was_refused(action, hint):
+    message = str(exceptions.BrokerRefused(
+        action, 406, 'PRECONDITION_FAILED - something'))
+    assert message.startswith('The broker refused to ' + action)
+    assert hint in message

@@ -638,10 +638,11 @@ class ServiceContainer:
                 if isinstance(exc, worker_ctx.entrypoint.expected_exceptions):
                     _log.warning(
                         '(expected) error handling worker %s: %s',
-                        worker_ctx, exc, exc_info=True)
+                        worker_ctx, _describe(exc), exc_info=True)
                 else:
                     _log.exception(
-                        'error handling worker %s: %s', worker_ctx, exc)
+                        'error handling worker %s: %s', worker_ctx,
+                        _describe(exc))
                 exc_info = sys.exc_info()
 
             if self._being_killed:
@@ -754,3 +755,12 @@ class ServiceContainer:
     def __repr__(self):
         return '<{} [{}] at 0x{:x}>'.format(
             type(self).__name__, self.service_name, id(self))
+
+
+def _describe(exc):
+    """``str(exc)`` for a log line, or a placeholder when the exception's
+    own ``__str__`` fails (the log record would be lost otherwise)."""
+    try:
+        return str(exc)
+    except Exception:
+        return '<{} with an unprintable message>'.format(type(exc).__name__)

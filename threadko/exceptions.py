@@ -203,6 +203,15 @@ _REFUSAL_HINTS = {
 }
 
 
+# a refused publish concerns the message or its exchange, not flags
+_PUBLISH_REFUSAL_HINTS = {
+    404: _REFUSAL_HINTS[404],
+    406: 'the message itself was refused (for example it is larger than the '
+         'broker\'s max_message_size, or a property is invalid)',
+    403: _REFUSAL_HINTS[403],
+}
+
+
 class BrokerRefused(pika.exceptions.ChannelClosedByBroker):
     """The broker refused a publish or a declaration and closed the channel
     (``reply_code`` 404 not found, 406 inequivalent flags, 403 access
@@ -213,7 +222,9 @@ class BrokerRefused(pika.exceptions.ChannelClosedByBroker):
         self.action = action
 
     def __str__(self):
-        hint = _REFUSAL_HINTS.get(self.reply_code)
+        hints = (_PUBLISH_REFUSAL_HINTS if self.action.startswith('publish')
+                 else _REFUSAL_HINTS)
+        hint = hints.get(self.reply_code)
         return 'The broker refused to {}: {} {}{}'.format(
             self.action, self.reply_code, self.reply_text,
             '; {}'.format(hint) if hint else '')
