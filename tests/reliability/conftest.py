@@ -11,12 +11,15 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from support import ChildProcess
+
+from threadko.testing.rabbit import RabbitManagerError
 
 HERE = Path(__file__).resolve().parent
 START_WAIT = 20  # seconds for a service process to start consuming
@@ -92,8 +95,9 @@ def service_process(tmp_path, rabbit_config):
 class Rabbitmqctl:
     """``rabbitmqctl`` on the local node, for outages the tests cause."""
 
-    def __init__(self, executable):
+    def __init__(self, executable, manager):
         self.executable = executable
+        self.manager = manager
         self.app_stopped = False
 
     def __call__(self, *args):
@@ -106,9 +110,20 @@ class Rabbitmqctl:
         self('stop_app')
 
     def start_app(self):
+        """Start the broker app; return once AMQP and the management API
+        (which the fixtures use to clean up) answer again."""
         self('start_app')
         self('await_startup', '--timeout', str(RABBITMQCTL_TIMEOUT))
         self.app_stopped = False
+        deadline = time.monotonic() + RABBITMQCTL_TIMEOUT
+        while True:
+            try:
+                self.manager.get_vhosts()
+                return
+            except RabbitManagerError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)  # polling another process's HTTP listener
 
 
 @pytest.fixture
@@ -120,7 +135,7 @@ def rabbitmqctl(rabbit_manager):
     if executable is None:
         pytest.skip('rabbitmqctl is not installed here (the broker runs '
                     'elsewhere), so the broker cannot be restarted')
-    ctl = Rabbitmqctl(executable)
+    ctl = Rabbitmqctl(executable, rabbit_manager)
     yield ctl
     if ctl.app_stopped:
         ctl.start_app()
