@@ -3,9 +3,12 @@ demand, a recorder that notes which lifecycle hooks ran, child processes with
 output deadlines, and raw access to the broker under test."""
 
 import contextlib
+import json
+import os
 import subprocess
 import threading
 import time
+import uuid
 
 import pika
 import pika.exceptions
@@ -278,3 +281,70 @@ def until(predicate, timeout=BROKER_WAIT):
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, 'condition never held'
+
+
+class RawRpcCaller:
+    """A Nameko-style RPC caller written with pika only: it publishes
+    exactly the body and properties it is given, and reads replies from a
+    reply queue of its own, declared as Nameko's standalone proxy does."""
+
+    def __init__(self, uri):
+        self.connection = pika.BlockingConnection(pika.URLParameters(uri))
+        self.channel = self.connection.channel()
+        self.reply_key = str(uuid.uuid4())
+        self.reply_queue = 'rpc.reply-raw-{}'.format(self.reply_key)
+        self.channel.exchange_declare(
+            'nameko-rpc', exchange_type='topic', durable=True)
+        self.channel.queue_declare(
+            self.reply_queue, durable=True,
+            arguments={'x-expires': 300000})
+        self.channel.queue_bind(
+            self.reply_queue, 'nameko-rpc', routing_key=self.reply_key)
+
+    def publish(self, routing_key, body, content_type='application/json',
+                reply=True, headers=None):
+        """Publish a request; return its correlation id. ``reply=False``
+        leaves out ``reply_to``; ``content_type=None`` leaves out the
+        content type and encoding."""
+        correlation_id = str(uuid.uuid4())
+        self.channel.basic_publish(
+            'nameko-rpc', routing_key, body,
+            pika.BasicProperties(
+                content_type=content_type,
+                content_encoding='utf-8' if content_type else None,
+                correlation_id=correlation_id,
+                reply_to=self.reply_key if reply else None,
+                delivery_mode=2, headers=headers or {}))
+        return correlation_id
+
+    def next_reply(self, timeout=BROKER_WAIT):
+        """``(method, properties, body)`` of the next reply (acked)."""
+        for method, properties, body in self.channel.consume(
+                self.reply_queue, inactivity_timeout=timeout):
+            assert method is not None, 'no reply within {}s'.format(timeout)
+            self.channel.basic_ack(method.delivery_tag)
+            self.channel.cancel()
+            return method, properties, body
+
+    def reply(self, correlation_id, timeout=BROKER_WAIT):
+        """The decoded JSON body of the reply to ``correlation_id``
+        (replies to other calls are skipped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            _, properties, body = self.next_reply(
+                max(0.1, deadline - time.monotonic()))
+            if properties.correlation_id == correlation_id:
+                assert properties.content_type == 'application/json'
+                return json.loads(body)
+
+    def close(self):
+        self.connection.close()
+
+
+def child_env(**extra):
+    """The environment for a child Python process: unbuffered output, no
+    warning filters inherited from pytest, plus ``extra``."""
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    env.pop('PYTHONWARNINGS', None)
+    env.update(extra)
+    return env

@@ -1,11 +1,12 @@
 import contextvars
 import logging
 import threading
+from concurrent.futures import Future
 
 import pytest
 
 from support import (
-    WAIT, Fire, Recorder, RecordingProvider, entrypoint_for, fire,
+    WAIT, Fire, Received, Recorder, RecordingProvider, entrypoint_for, fire,
 )
 
 from threadko import config as global_config
@@ -457,6 +458,57 @@ def test_worker_runs_in_a_fresh_contextvars_context(containers):
 
 
 # -- bounded pool ----------------------------------------------------------
+
+def test_a_spawn_waiting_for_a_slot_when_stop_begins_is_refused(containers):
+    """Work an entrypoint received but could not yet hand to a worker goes
+    back (ContainerBeingKilled: AMQP entrypoints requeue it) instead of
+    starting after stop() began."""
+    gate = threading.Event()
+    started = Received()
+    entrypoint_stopped = threading.Event()
+
+    class NotesStop(Fire):
+        def stop(self):
+            entrypoint_stopped.set()
+
+    class Svc:
+        name = 'svc'
+
+        @NotesStop.decorator
+        def method(self, label):
+            started.add(label)
+            assert gate.wait(WAIT)
+
+    container = containers(Svc, {'max_workers': 1})
+    container.start()
+    entrypoint = entrypoint_for(container, 'method')
+    running = entrypoint.fire('running')
+    started.wait_for('running')
+
+    waiting = Future()
+
+    def spawn_when_a_slot_is_free():
+        try:
+            waiting.set_result(entrypoint.fire('waiting'))
+        except BaseException as exc:
+            waiting.set_exception(exc)
+
+    spawner = threading.Thread(target=spawn_when_a_slot_is_free,
+                               name='test-spawner')
+    spawner.start()
+    stopper = threading.Thread(target=container.stop, name='test-stopper')
+    stopper.start()
+    # stop() is waiting for the running worker once the entrypoints stopped
+    assert entrypoint_stopped.wait(WAIT)
+    gate.set()
+    assert running.result() is None
+    with pytest.raises(ContainerBeingKilled, match='is stopp(ing|ed)'):
+        waiting.result(WAIT)
+    stopper.join(WAIT)
+    spawner.join(WAIT)
+    assert not stopper.is_alive()
+    assert started.items == ['running']
+
 
 def test_spawn_worker_blocks_while_all_slots_are_busy(containers):
     gate = threading.Event()

@@ -324,6 +324,7 @@ class ServiceContainer:
 
         self.started = False
         self._being_killed = False
+        self._stopping = False  # stop() began: no new workers
         self._lifecycle_lock = threading.Lock()
         self._died = _Outcome()
 
@@ -367,6 +368,7 @@ class ServiceContainer:
             self._make_worker_pool()
             self._died = _Outcome()
             self._being_killed = False
+            self._stopping = False
         self.started = True
 
         with _log_time('started %s', self):
@@ -398,6 +400,9 @@ class ServiceContainer:
             self._wait_quietly()
             return
 
+        # from here on, work an entrypoint received but has not yet handed
+        # to a worker (waiting for a free slot, say) goes back to its source
+        self._stopping = True
         _log.debug('stopping %s', self)
 
         with _log_time('stopped %s', self):
@@ -523,8 +528,9 @@ class ServiceContainer:
             run on the worker thread after the method; it must return
             ``(result, exc_info)``, which dependencies' ``worker_result``
             then receive. Entrypoints send replies and acks here.
-        :raises ContainerBeingKilled: the container is being killed or has
-            stopped; react as if the work had never arrived.
+        :raises ContainerBeingKilled: the container is stopping, being
+            killed or has stopped; react as if the work had never arrived
+            (requeue a message, say).
         """
         worker_ctx = self._new_worker(entrypoint, args, kwargs, context_data)
         _log.debug('spawning %s', worker_ctx)
@@ -582,7 +588,12 @@ class ServiceContainer:
         if self._being_killed:
             _log.info('Worker spawn prevented due to being killed')
             raise ContainerBeingKilled()
+        if self._stopping:
+            raise ContainerBeingKilled('{} is stopping'.format(self))
         self._worker_slots.acquire()
+        if self._stopping:  # it began while we waited for the slot
+            self._worker_slots.release()
+            raise ContainerBeingKilled('{} is stopping'.format(self))
         try:
             service = self.service_cls()
             return WorkerContext(

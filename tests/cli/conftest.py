@@ -1,14 +1,13 @@
 """Fixtures for running the real ``threadko`` command line in a subprocess
 (``python -m threadko``), with service modules written to ``tmp_path``."""
 
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from support import ChildProcess
+from support import ChildProcess, child_env
 
 WAIT = 10  # seconds: the longest a test waits for the child to do something
 
@@ -88,13 +87,6 @@ class DyingService:
     def never_called(self):
         pass
 '''
-
-
-def child_env(**extra):
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    env.pop('PYTHONWARNINGS', None)
-    env.update(extra)
-    return env
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ Every test here needs the real RabbitMQ that ``scripts/test`` starts; tests
 that restart the broker also need ``rabbitmqctl`` on this machine.
 """
 
-import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support import ChildProcess
+from support import ChildProcess, child_env
 
 from threadko.testing.rabbit import RabbitManagerError
 
@@ -51,13 +50,6 @@ def _proc_status_field(pid, field):
             if line.startswith(field + ':'):
                 return int(line.split()[1])
     raise KeyError(field)
-
-
-def child_env(**extra):
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    env.pop('PYTHONWARNINGS', None)
-    env.update(extra)
-    return env
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import json
 import logging
 import re
 import subprocess
-import uuid
 
 import pika
 import pika.exceptions
@@ -32,7 +31,7 @@ from threadko.rpc import rpc
 from threadko.standalone.events import event_dispatcher
 from threadko.standalone.rpc import ClusterRpcProxy
 
-from support import BROKER_WAIT, Received
+from support import BROKER_WAIT, RawRpcCaller, Received
 
 TEN_MB = 10 * 1024 * 1024
 
@@ -116,46 +115,8 @@ def client(rabbit_config):
         yield proxy
 
 
-class RawRpc:
-    """A Nameko-style caller written with pika only: publishes exactly the
-    bytes and properties given, reads replies from its own reply queue."""
-
-    def __init__(self, uri):
-        self.connection = pika.BlockingConnection(pika.URLParameters(uri))
-        self.channel = self.connection.channel()
-        self.reply_key = str(uuid.uuid4())
-        self.reply_queue = 'rpc.reply-raw-{}'.format(self.reply_key)
-        self.channel.exchange_declare(
-            'nameko-rpc', exchange_type='topic', durable=True)
-        self.channel.queue_declare(self.reply_queue, exclusive=True)
-        self.channel.queue_bind(
-            self.reply_queue, 'nameko-rpc', routing_key=self.reply_key)
-
-    def publish(self, routing_key, body, content_type='application/json',
-                reply=True, headers=None):
-        """Publish a request; return its correlation id."""
-        correlation_id = str(uuid.uuid4())
-        self.channel.basic_publish(
-            'nameko-rpc', routing_key, body,
-            pika.BasicProperties(
-                content_type=content_type,
-                content_encoding='utf-8' if content_type else None,
-                correlation_id=correlation_id,
-                reply_to=self.reply_key if reply else None,
-                delivery_mode=2, headers=headers))
-        return correlation_id
-
-    def reply(self, correlation_id):
-        """The decoded body of the reply to ``correlation_id``."""
-        for method, properties, body in self.channel.consume(
-                self.reply_queue, auto_ack=True,
-                inactivity_timeout=BROKER_WAIT):
-            assert method is not None, 'no reply within {}s'.format(
-                BROKER_WAIT)
-            if properties.correlation_id == correlation_id:
-                self.channel.cancel()
-                assert properties.content_type == 'application/json'
-                return json.loads(body)
+class RawRpc(RawRpcCaller):
+    """A raw caller that expects error replies."""
 
     def call(self, routing_key, body, **kwargs):
         """Publish and return the reply's ``error`` (asserting there is
@@ -164,9 +125,6 @@ class RawRpc:
         assert reply['result'] is None
         assert reply['error'], reply
         return reply['error']
-
-    def close(self):
-        self.connection.close()
 
 
 @pytest.fixture

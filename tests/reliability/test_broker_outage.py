@@ -57,7 +57,7 @@ class Load:
         self.config = config
         self.calls = []
         self.dispatches = []  # (started, ended, n, outcome)
-        self._lock = threading.Lock()
+        self._recorded = threading.Condition()
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._call, args=(proxy_index,),
@@ -91,8 +91,9 @@ class Load:
                 outcome = 'ok' if result == value else AssertionError(result)
             except Exception as exc:
                 outcome = exc
-            with self._lock:
+            with self._recorded:
                 self.calls.append((started, time.monotonic(), outcome))
+                self._recorded.notify_all()
 
     def _dispatch(self):
         dispatch = event_dispatcher(self.config)
@@ -106,26 +107,28 @@ class Load:
             except Exception as exc:
                 outcome = exc
                 self._stop.wait(0.1)  # do not spin while the broker is away
-            with self._lock:
+            with self._recorded:
                 self.dispatches.append((started, time.monotonic(), n, outcome))
+                self._recorded.notify_all()
 
-    def first_success_after(self, moment, records):
-        with self._lock:
-            return min((ended for started, ended, *rest in records
-                        if started >= moment and rest[-1] == 'ok'),
-                       default=None)
+    @staticmethod
+    def _first_success_after(moment, records):
+        return min((ended for started, ended, *rest in records
+                    if started >= moment and rest[-1] == 'ok'),
+                   default=None)
 
     def wait_for_successes_after(self, moment, timeout):
         """Wait until a call and a dispatch that started after ``moment``
-        succeeded; return how long after ``moment`` the later one ended."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            call = self.first_success_after(moment, self.calls)
-            dispatch = self.first_success_after(moment, self.dispatches)
+        succeeded; return how long after ``moment`` the later one ended
+        (None if that did not happen within ``timeout``)."""
+        def both():
+            call = self._first_success_after(moment, self.calls)
+            dispatch = self._first_success_after(moment, self.dispatches)
             if call is not None and dispatch is not None:
                 return max(call, dispatch) - moment
-            self._stop.wait(0.05)
-        return None
+            return None
+        with self._recorded:
+            return self._recorded.wait_for(both, timeout)
 
 
 @pytest.fixture
@@ -167,32 +170,50 @@ def drop_connections(rabbitmqctl, rabbit_config):
     return drop
 
 
-def wait_for_lost_connections(caplog, count):
-    deadline = time.monotonic() + BROKER_WAIT
-    while time.monotonic() < deadline:
-        lost = [record for record in caplog.records
-                if record.getMessage().startswith('Lost connection')]
-        if len(lost) >= count:
-            return
-        time.sleep(0.05)  # polling records another thread appends
-    raise AssertionError('expected {} lost connections, saw {}'.format(
-        count, len(lost)))
+class LostConnections(logging.Handler):
+    """Counts threadko's "Lost connection" warnings, with a wait."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.count = 0
+        self._changed = threading.Condition()
+
+    def emit(self, record):
+        if record.getMessage().startswith('Lost connection'):
+            with self._changed:
+                self.count += 1
+                self._changed.notify_all()
+
+    def wait_for(self, count, timeout=BROKER_WAIT):
+        with self._changed:
+            assert self._changed.wait_for(
+                lambda: self.count >= count, timeout), (
+                'expected {} lost connections, saw {}'.format(
+                    count, self.count))
+
+
+@pytest.fixture
+def lost_connections():
+    handler = LostConnections()
+    logger = logging.getLogger('threadko')
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize('outage', ['restart_broker', 'drop_connections'])
 def test_outage_under_load(request, service, rabbit_config, handled, outage,
-                           caplog):
+                           lost_connections):
     cause_outage = request.getfixturevalue(outage)
     load = Load(rabbit_config)
     load.start()
     try:
         assert load.wait_for_successes_after(time.monotonic(), BROKER_WAIT)
-        with caplog.at_level(logging.WARNING, logger='threadko'):
-            cause_outage()
-            back = time.monotonic()
-            # the consumers of the service and of the client both noticed
-            wait_for_lost_connections(caplog, 2)
+        cause_outage()
+        back = time.monotonic()
+        # the consumers of the service and of the client both noticed
+        lost_connections.wait_for(2)
         recovered_in = load.wait_for_successes_after(back, RECONNECT_WITHIN)
         assert recovered_in is not None, (
             'no call and dispatch succeeded within {}s of the broker being '

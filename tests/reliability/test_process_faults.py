@@ -3,6 +3,7 @@ while it holds work: nothing is lost, in-flight work is finished on a
 graceful stop, and work it had not started stays on the broker for another
 instance."""
 
+import re
 import signal
 import time
 
@@ -56,15 +57,27 @@ class Faulty:
 '''
 
 
+# INFO to stderr, plus the container's DEBUG line that says stop() began
+LOG_STOPPING = {
+    'version': 1,
+    'disable_existing_loggers': False,
+    'handlers': {'stderr': {'class': 'logging.StreamHandler'}},
+    'root': {'level': 'INFO', 'handlers': ['stderr']},
+    'loggers': {'threadko.containers': {'level': 'DEBUG'}},
+}
+
+
 @pytest.fixture
 def release(tmp_path):
     """``release()``: let every waiting (and later) worker finish."""
     return lambda: (tmp_path / 'release').write_text('')
 
 
-def lines_with(process, prefix):
+def lines_with(process, verb):
+    """The workers' "<verb> call|event <n>" lines, sorted."""
+    pattern = re.compile(r'{} (call|event) \d+$'.format(verb))
     return sorted(line for line in process.output.splitlines()
-                  if line.startswith(prefix))
+                  if pattern.match(line))
 
 
 @pytest.mark.timeout(90)
@@ -103,14 +116,14 @@ def test_kill_9_with_unacked_work_a_second_instance_does_all_of_it(
 def test_sigterm_finishes_in_flight_work_and_leaves_the_rest_queued(
         service_process, rabbit_config, release):
     first = service_process(SERVICE, 'faulty:Faulty',
-                            config={'max_workers': 2})
+                            config={'max_workers': 2, 'LOGGING': LOG_STOPPING})
     with ClusterRpcProxy(rabbit_config, timeout=CALL_TIMEOUT) as proxy:
         replies = [proxy.faulty.work.call_async(n) for n in range(6)]
         first.wait_for_line('started call 0')
         first.wait_for_line('started call 1')
 
         first.send_signal(signal.SIGTERM)
-        first.wait_for_line('stopping services gracefully')
+        first.wait_for_line('stopping <ServiceContainer')
         release()
         # the two running workers finish and answer; the process exits 0
         assert [replies[0].result(), replies[1].result()] == [0, 10]

@@ -7,6 +7,8 @@ import uuid
 import pika
 import pytest
 
+from support import RawRpcCaller
+
 from threadko.rpc import RpcProxy, rpc
 from threadko.standalone.rpc import ClusterRpcProxy
 
@@ -34,49 +36,9 @@ class Caller:
         return self.echo.echo()
 
 
-class RawClient:
-    """A minimal Nameko-style caller written with pika only."""
-
-    def __init__(self, uri):
-        self.connection = pika.BlockingConnection(pika.URLParameters(uri))
-        self.channel = self.connection.channel()
-        self.reply_key = str(uuid.uuid4())
-        self.reply_queue = 'rpc.reply-raw-{}'.format(self.reply_key)
-        self.channel.exchange_declare(
-            'nameko-rpc', exchange_type='topic', durable=True)
-        self.channel.queue_declare(
-            self.reply_queue, durable=True,
-            arguments={'x-expires': 300000})
-        self.channel.queue_bind(
-            self.reply_queue, 'nameko-rpc', routing_key=self.reply_key)
-
-    def request(self, routing_key, body, content_type='application/json',
-                headers=None, reply=True):
-        correlation_id = str(uuid.uuid4())
-        self.channel.basic_publish(
-            'nameko-rpc', routing_key, body,
-            pika.BasicProperties(
-                content_type=content_type, content_encoding='utf-8',
-                correlation_id=correlation_id,
-                reply_to=self.reply_key if reply else None,
-                delivery_mode=2, headers=headers or {}))
-        return correlation_id
-
-    def reply(self):
-        for method, properties, body in self.channel.consume(
-                self.reply_queue, inactivity_timeout=WAIT):
-            assert method is not None, 'no reply within {}s'.format(WAIT)
-            self.channel.basic_ack(method.delivery_tag)
-            self.channel.cancel()
-            return method, properties, body
-
-    def close(self):
-        self.connection.close()
-
-
 @pytest.fixture
 def raw(rabbit_config):
-    client = RawClient(rabbit_config['AMQP_URI'])
+    client = RawRpcCaller(rabbit_config['AMQP_URI'])
     yield client
     client.close()
 
@@ -126,9 +88,9 @@ def test_reply_queue_of_a_calling_service(
 
 
 def test_raw_request_gets_nameko_shaped_reply(raw, echo_service):
-    correlation_id = raw.request(
+    correlation_id = raw.publish(
         'echo.echo', json.dumps({'args': ['ü', 1], 'kwargs': {'k': None}}))
-    method, properties, body = raw.reply()
+    method, properties, body = raw.next_reply(WAIT)
     assert method.exchange == 'nameko-rpc'
     assert method.routing_key == raw.reply_key
     assert properties.correlation_id == correlation_id
@@ -140,8 +102,8 @@ def test_raw_request_gets_nameko_shaped_reply(raw, echo_service):
 
 
 def test_error_reply_shape(raw, echo_service):
-    raw.request('echo.fail', json.dumps({'args': [], 'kwargs': {}}))
-    _, _, body = raw.reply()
+    raw.publish('echo.fail', json.dumps({'args': [], 'kwargs': {}}))
+    _, _, body = raw.next_reply(WAIT)
     assert json.loads(body) == {
         'result': None,
         'error': {
@@ -158,9 +120,9 @@ def test_error_reply_shape(raw, echo_service):
 def test_bad_requests_get_nameko_error_paths(
         raw, echo_service, body, exc_type, value):
     routing_key = 'echo.nope' if exc_type == 'MethodNotFound' else 'echo.echo'
-    raw.request(routing_key,
+    raw.publish(routing_key,
                 body if isinstance(body, str) else json.dumps(body))
-    _, _, reply = raw.reply()
+    _, _, reply = raw.next_reply(WAIT)
     error = json.loads(reply)['error']
     assert error['exc_type'] == exc_type
     # Nameko callers re-raise these as their own exception types
@@ -170,9 +132,9 @@ def test_bad_requests_get_nameko_error_paths(
 
 
 def test_unaccepted_content_type_is_answered_not_dropped(raw, echo_service):
-    raw.request('echo.echo', b'\x80\x04K\x01.',
+    raw.publish('echo.echo', b'\x80\x04K\x01.',
                 content_type='application/x-python-serialize')
-    _, properties, reply = raw.reply()
+    _, properties, reply = raw.next_reply(WAIT)
     assert properties.content_type == 'application/json'
     error = json.loads(reply)['error']
     assert error['exc_type'] == 'MalformedRequest'
@@ -181,7 +143,7 @@ def test_unaccepted_content_type_is_answered_not_dropped(raw, echo_service):
 
 def test_request_without_reply_to_does_not_stop_the_service(
         raw, rabbit_config, echo_service):
-    raw.request('echo.echo', json.dumps({'args': [], 'kwargs': {}}),
+    raw.publish('echo.echo', json.dumps({'args': [], 'kwargs': {}}),
                 reply=False)
     with ClusterRpcProxy(rabbit_config, timeout=WAIT) as proxy:
         assert proxy.echo.echo(1) == {'args': [1], 'kwargs': {}}
