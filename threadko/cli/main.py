@@ -11,6 +11,7 @@ import click
 
 import threadko
 from threadko.cli.run import run
+from threadko.cli.shell import shell
 from threadko.cli.show_config import show_config
 from threadko.exceptions import CommandError, ConfigurationError
 
@@ -33,4 +34,5 @@ def main():
 
 main.add_command(run)
 main.add_command(show_config)
+main.add_command(shell)
 
