@@ -33,6 +33,7 @@ def get_redacted_args(entrypoint, *args, **kwargs):
         key = keys[0]
         if len(keys) == 1:
             try:
+                data[key]  # a missing key must not be added
                 data[key] = REDACTED
             except (KeyError, IndexError, TypeError):
                 pass
