@@ -23,6 +23,10 @@ setup(
     extras_require={
         'test': [
             'matplotlib>=3.5',  # tests/test_bench_report.py draws the chart
+            'myst-parser>=0.18',  # docs/*.md in the Sphinx build
+            # the shop example on MariaDB (tests/test_shop_example.py); builds
+            # against libmariadb-dev, which scripts/bootstrap test installs
+            'mysqlclient>=2.0',
             'pytest>=7.0',
             'pytest-timeout>=2.0',
             'sphinx>=5.0',
@@ -36,6 +40,7 @@ setup(
         ],
         'dev': [
             'matplotlib>=3.5',
+            'myst-parser>=0.18',
             'pytest>=7.0',
             'pytest-timeout>=2.0',
             'sphinx>=5.0',

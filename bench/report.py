@@ -357,8 +357,10 @@ def _targets_section(results):
              '{} of {} targets met. Ratios are of the medians.'.format(
                  met_count, len(TARGETS)), '']
     lines += _table(('target', 'measured', 'ratio', 'required', 'met'), rows)
+    # plain text, not a link: the page is part of the Sphinx docs, which
+    # cannot link to files outside docs/
     lines += ['', 'What limits the targets that are not met, and what was '
-              'optimised: [bench/README.md](../bench/README.md).']
+              'optimised: `bench/README.md` in the repository.']
     return lines
 
 

@@ -21,9 +21,11 @@ release = threadko.__version__
 version = '.'.join(release.split('.')[:2])
 
 extensions = [
+    'myst_parser',  # the Markdown pages: benchmarks.md, reliability.md
     'sphinx.ext.autodoc',
     'sphinx.ext.viewcode',
 ]
+source_suffix = {'.rst': 'restructuredtext', '.md': 'markdown'}
 
 # the docs must build offline, so no intersphinx; references to the standard
 # library are written as plain literals

@@ -105,6 +105,17 @@ def test_the_page_has_its_sections_in_order(results):
     assert 'wrk: 37 socket errors' in page
 
 
+def test_the_page_links_nothing_outside_docs(results):
+    """The page is part of the Sphinx docs, which fail on a link to a file
+    outside docs/; the committed page must be what the generator writes."""
+    page = report.markdown(results)
+
+    assert '](../' not in page
+    assert '`bench/README.md` in the repository' in page
+    with open(report.DEFAULT_MD, encoding='utf-8') as committed:
+        assert '](../' not in committed.read()
+
+
 def test_a_missing_scenario_or_target_is_not_measured(results):
     del results['scenarios']['events']
     results['scenarios']['rpc_par']['targets']['raw_pika']['runs'] = []

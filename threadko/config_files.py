@@ -314,8 +314,9 @@ def build_config_with_warnings(config_path=None, defines=(), broker=None):
 
 def setup_logging(config):
     """Configure logging from the config's ``LOGGING`` dict
-    (:func:`logging.config.dictConfig`); without one, log INFO and above to
-    stderr as :data:`LOG_FORMAT`.
+    (:func:`logging.config.dictConfig`, with ``disable_existing_loggers``
+    false unless the dict says otherwise); without one, log INFO and above
+    to stderr as :data:`LOG_FORMAT`.
 
     :raises ConfigurationError: the ``LOGGING`` dict is rejected
     """
@@ -323,6 +324,11 @@ def setup_logging(config):
     if logging_config is None:
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
         return
+    if isinstance(logging_config, dict):
+        # dictConfig's default would silence every logger that exists by
+        # now, threadko's own included; a config can still ask for it
+        logging_config = dict(
+            {'disable_existing_loggers': False}, **logging_config)
     try:
         logging.config.dictConfig(logging_config)
     except (ValueError, TypeError, AttributeError, ImportError) as exc:

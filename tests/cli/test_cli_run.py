@@ -106,7 +106,6 @@ def test_logging_section_of_the_config_is_applied(start_threadko, write):
     write('config.yaml', '''
         LOGGING:
           version: 1
-          disable_existing_loggers: false
           formatters:
             custom: {format: 'CUSTOM %(levelname)s %(message)s'}
           handlers:

@@ -60,7 +60,6 @@ class Faulty:
 # INFO to stderr, plus the container's DEBUG line that says stop() began
 LOG_STOPPING = {
     'version': 1,
-    'disable_existing_loggers': False,
     'handlers': {'stderr': {'class': 'logging.StreamHandler'}},
     'root': {'level': 'INFO', 'handlers': ['stderr']},
     'loggers': {'threadko.containers': {'level': 'DEBUG'}},

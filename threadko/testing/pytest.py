@@ -66,7 +66,9 @@ def mock_container():
     Its ``config`` is the global :data:`threadko.config`, patched for the
     test with ``{"serializer": "json"}`` (so both ``mock_container.config[
     key] = value`` and ``config.patch(...)`` work and are undone
-    afterwards); ``serializer`` and ``accept`` are set to match.
+    afterwards); ``serializer`` and ``accept`` are set to match, and
+    ``shared_extensions`` is an empty dict, so extensions with shared
+    sub-extensions bind to it.
     """
     from unittest.mock import create_autospec
 
@@ -79,6 +81,7 @@ def mock_container():
         container.config = config
         container.serializer = DEFAULT_SERIALIZER
         container.accept = [DEFAULT_SERIALIZER]
+        container.shared_extensions = {}
         yield container
 
 
