@@ -3,6 +3,7 @@ demand, a recorder that notes which lifecycle hooks ran, child processes with
 output deadlines, and raw access to the broker under test."""
 
 import contextlib
+import http.client
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import pika.exceptions
 
 from threadko.amqp import memory
 from threadko.extensions import DependencyProvider, Entrypoint
+from threadko.web.server import WebServer
 
 WAIT = 5  # seconds: the longest any test waits for something that must happen
 BROKER_WAIT = 10  # the same, for something that crosses a real broker
@@ -348,3 +350,39 @@ def child_env(**extra):
     env.pop('PYTHONWARNINGS', None)
     env.update(extra)
     return env
+
+
+# -- HTTP -------------------------------------------------------------------
+
+class Reply:
+    """What came back: ``status``, ``headers`` (an ``HTTPMessage``:
+    case-insensitive ``get``, ``get_all``) and ``body`` (bytes)."""
+
+    def __init__(self, status, headers, body):
+        self.status, self.headers, self.body = status, headers, body
+
+    @property
+    def text(self):
+        return self.body.decode('utf-8')
+
+    def __repr__(self):
+        return '<Reply {} {!r}>'.format(self.status, self.body[:200])
+
+
+def http_fetch(port, method, path, body=None, headers=None,
+               host='127.0.0.1'):
+    """One request on a new connection; the :class:`Reply`, read to the
+    end."""
+    connection = http.client.HTTPConnection(host, port, timeout=WAIT)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return Reply(response.status, response.headers, response.read())
+    finally:
+        connection.close()
+
+
+def web_port(container):
+    """The port ``container``'s ``@http`` routes are served on."""
+    return next(ext for ext in container.extensions
+                if isinstance(ext, WebServer)).port

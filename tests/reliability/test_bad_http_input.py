@@ -14,9 +14,8 @@ import time
 import pytest
 
 from threadko.web.handlers import http
-from threadko.web.server import WebServer
 
-from support import WAIT
+from support import WAIT, http_fetch, web_port
 
 LIMIT = 1000  # WEB_SERVER_MAX_REQUEST_BODY_SIZE in these tests
 PROMPT = 1.0  # seconds: a request to an idle server is answered within this
@@ -46,19 +45,13 @@ def port(container_factory):
         'WEB_SERVER_ADDRESS': '127.0.0.1:0', 'max_workers': 1,
         'WEB_SERVER_MAX_REQUEST_BODY_SIZE': LIMIT})
     container.start()
-    return next(ext for ext in container.extensions
-                if isinstance(ext, WebServer)).port
+    return web_port(container)
 
 
 def fetch(port, method, path, body=None, headers=None):
     """One request on a new connection: ``(status, body text)``."""
-    connection = httpclient.HTTPConnection('127.0.0.1', port, timeout=WAIT)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, response.read().decode('utf-8')
-    finally:
-        connection.close()
+    reply = http_fetch(port, method, path, body, headers)
+    return reply.status, reply.text
 
 
 def still_serves(port):

@@ -2,16 +2,12 @@
 port a container serves on, test threads that are always joined, and a
 work-around for the waitress stop bug reproduced in test_web_server.py."""
 
-import http.client
 import threading
 from concurrent.futures import Future
 
 import pytest
 
-from support import WAIT
-
-from threadko.web.server import WebServer
-
+from support import WAIT, http_fetch, web_port
 
 
 @pytest.fixture
@@ -20,48 +16,18 @@ def local_config():
     return {'WEB_SERVER_ADDRESS': '127.0.0.1:0'}
 
 
-class Reply:
-    """What came back: ``status``, ``headers`` (an ``HTTPMessage``:
-    case-insensitive ``get``, ``get_all``) and ``body`` (bytes)."""
-
-    def __init__(self, status, headers, body):
-        self.status, self.headers, self.body = status, headers, body
-
-    @property
-    def text(self):
-        return self.body.decode('utf-8')
-
-    def __repr__(self):
-        return '<Reply {} {!r}>'.format(self.status, self.body[:200])
-
-
-def _fetch(port, method, path, body=None, headers=None, host='127.0.0.1'):
-    connection = http.client.HTTPConnection(host, port, timeout=WAIT)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return Reply(response.status, response.headers, response.read())
-    finally:
-        connection.close()
-
-
-def _port_of(container):
-    return next(ext for ext in container.extensions
-                if isinstance(ext, WebServer)).port
-
-
 @pytest.fixture
 def fetch():
     """``fetch(port, method, path, body=None, headers=None)``: one request
     on a new connection; the :class:`Reply`, read to the end."""
-    return _fetch
+    return http_fetch
 
 
 @pytest.fixture
 def port_of():
     """``port_of(container)``: the port its ``@http`` routes are served on
     (``None`` when it serves none)."""
-    return _port_of
+    return web_port
 
 
 @pytest.fixture
