@@ -5,6 +5,7 @@ Standard library only: it is imported by the threadko peer, the Nameko
 peer (in the Nameko virtualenv, under eventlet) and the raw pika peer.
 """
 
+import argparse
 import collections
 import json
 import os
@@ -44,6 +45,21 @@ def add_arguments(parser):
     parser.add_argument('--db-dsn', default='{}',
                         help='JSON object of connect() keyword arguments')
     parser.add_argument('--web-address', default='127.0.0.1:8000')
+
+
+def parse_arguments(doc):
+    """The peer's command line, described by its module docstring's first
+    paragraph."""
+    parser = argparse.ArgumentParser(description=doc.split('\n\n')[0])
+    add_arguments(parser)
+    return parser.parse_args()
+
+
+def run_peer(doc, serve, client):
+    """A peer's ``main()``: ``serve(args)`` or ``client(args)``, as the
+    command line says."""
+    args = parse_arguments(doc)
+    (serve if args.role == 'serve' else client)(args)
 
 
 def emit(result):

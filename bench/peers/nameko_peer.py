@@ -29,9 +29,8 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from nameko.web.handlers import http
 
 from common import (
-    EVENT_TYPE, PAYLOAD, SERVICE, SOURCE_SERVICE, add_arguments,
-    blocking_db_client, concurrent_batch, dispatch_events, echo_client,
-    timed_pipeline)
+    EVENT_TYPE, PAYLOAD, SERVICE, SOURCE_SERVICE, blocking_db_client,
+    concurrent_batch, dispatch_events, echo_client, run_peer, timed_pipeline)
 from services import DB_SERVICE, service_for
 
 #: for ``nameko run nameko_peer:Echo`` (the footprint scenario)
@@ -87,10 +86,7 @@ def client(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    add_arguments(parser)
-    args = parser.parse_args()
-    (serve if args.role == 'serve' else client)(args)
+    run_peer(__doc__, serve, client)
 
 
 if __name__ == '__main__':

@@ -9,7 +9,6 @@ Only the AMQP scenarios (``rpc_seq``, ``rpc_par``, ``events``,
 ``READY`` once consuming and stops on SIGTERM. See ``bench/README.md``.
 """
 
-import argparse
 import os
 import sys
 import time
@@ -17,8 +16,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import (  # noqa: E402
-    EVENT_TYPE, PAYLOAD, SERVICE, SOURCE_SERVICE, add_arguments,
-    echo_client, emit, seen_file_writer, serve_until_sigterm)
+    EVENT_TYPE, PAYLOAD, SERVICE, SOURCE_SERVICE, echo_client, emit,
+    run_peer, seen_file_writer, serve_until_sigterm)
 from raw_pika import (  # noqa: E402
     RawEventConsumer, RawRpcClient, RawRpcServer, raw_publish_events)
 
@@ -65,10 +64,7 @@ def timed_calls(make_calls, in_flight):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    add_arguments(parser)
-    args = parser.parse_args()
-    (serve if args.role == 'serve' else client)(args)
+    run_peer(__doc__, serve, client)
 
 
 if __name__ == '__main__':

@@ -25,8 +25,8 @@ from threadko.standalone.rpc import ClusterRpcProxy  # noqa: E402
 from threadko.web.handlers import http  # noqa: E402
 
 from common import (  # noqa: E402
-    EVENT_TYPE, PAYLOAD, SERVICE, SOURCE_SERVICE, add_arguments,
-    blocking_db_client, concurrent_threads, dispatch_events, echo_client,
+    EVENT_TYPE, PAYLOAD, SERVICE, SOURCE_SERVICE, blocking_db_client,
+    concurrent_threads, dispatch_events, echo_client, run_peer,
     serve_until_sigterm, threaded_loop)
 from services import DB_SERVICE, service_for  # noqa: E402
 
@@ -68,10 +68,7 @@ def client(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    add_arguments(parser)
-    args = parser.parse_args()
-    (serve if args.role == 'serve' else client)(args)
+    run_peer(__doc__, serve, client)
 
 
 if __name__ == '__main__':

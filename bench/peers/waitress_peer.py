@@ -9,14 +9,13 @@ default (``max_workers`` + 2 = 12). Prints ``READY`` once listening; stops
 on SIGTERM.
 """
 
-import argparse
 import os
 import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import HELLO, add_arguments  # noqa: E402
+from common import HELLO, parse_arguments  # noqa: E402
 
 THREADS = 12
 
@@ -40,9 +39,7 @@ def hello_app():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    add_arguments(parser)
-    args = parser.parse_args()
+    args = parse_arguments(__doc__)
     if args.role != 'serve' or args.scenario != 'http':
         sys.exit('the waitress peer only serves the http scenario')
     from waitress.server import create_server
