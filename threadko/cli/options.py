@@ -1,6 +1,16 @@
-"""Click options shared by the commands that load a config."""
+"""Click options shared by the commands that load a config, and the set-up
+shared by the commands that then import and talk to services."""
+
+import logging
+import os
+import sys
 
 import click
+
+from threadko.config_files import build_config_with_warnings, setup_logging
+from threadko.configuration import config as global_config
+
+_log = logging.getLogger('threadko.cli')
 
 
 def config_options(command):
@@ -14,3 +24,27 @@ def config_options(command):
         '-c', '--config', 'config_path', metavar='FILE',
         help='YAML config file.')(command)
     return command
+
+
+def load_config_for_services(config_path, defines, broker):
+    """Load the config (file, ``--define``s, ``broker`` as the default
+    ``AMQP_URI``), make it the global :data:`threadko.config`, put the
+    current directory on ``sys.path`` so service modules are found there,
+    apply its ``LOGGING``, and log what the config loader warned about.
+
+    :returns: the config dict
+    """
+    config, config_warnings = build_config_with_warnings(
+        config_path, defines, broker)
+    global_config.setup(config)
+    _prepend_cwd_to_sys_path()
+    setup_logging(config)
+    for message in config_warnings:
+        _log.warning('%s', message)
+    return config
+
+
+def _prepend_cwd_to_sys_path():
+    cwd = os.getcwd()
+    if not any(entry in ('', '.', cwd) for entry in sys.path):
+        sys.path.insert(0, cwd)

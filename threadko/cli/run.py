@@ -32,9 +32,7 @@ import time
 
 import click
 
-from threadko.cli.options import config_options
-from threadko.configuration import config as global_config
-from threadko.config_files import build_config_with_warnings, setup_logging
+from threadko.cli.options import config_options, load_config_for_services
 from threadko.constants import (
     AMQP_URI_CONFIG_KEY, DEFAULT_SHUTDOWN_GRACE_PERIOD,
     SHUTDOWN_GRACE_PERIOD_CONFIG_KEY,
@@ -324,12 +322,6 @@ def _grace_period(value):
     return seconds if seconds is not None and seconds > 0 else None
 
 
-def _prepend_cwd_to_sys_path():
-    cwd = os.getcwd()
-    if not any(entry in ('', '.', cwd) for entry in sys.path):
-        sys.path.insert(0, cwd)
-
-
 @click.command('run')
 @config_options
 @click.option('--broker', metavar='URI',
@@ -355,13 +347,7 @@ def run(ctx, config_path, defines, broker, grace_period, services):
     exit status 0); a second one kills the services (exit status 130), as
     does a stop that outlasts the grace period (exit status 1).
     """
-    config, config_warnings = build_config_with_warnings(
-        config_path, defines, broker)
-    global_config.setup(config)
-    _prepend_cwd_to_sys_path()
-    setup_logging(config)
-    for message in config_warnings:
-        _log.warning('%s', message)
+    config = load_config_for_services(config_path, defines, broker)
 
     service_classes = []
     for path in services:

@@ -15,7 +15,6 @@ the shell's own process.
 """
 
 import linecache
-import logging
 import platform
 import sys
 import traceback
@@ -25,18 +24,13 @@ import click
 import threadko
 from threadko.amqp.connection import CONNECTION_ERRORS
 from threadko.amqp.consumer import describe_error
-from threadko.cli.options import config_options
-from threadko.cli.run import _prepend_cwd_to_sys_path
+from threadko.cli.options import config_options, load_config_for_services
 from threadko.cli.show_config import redact_secrets
-from threadko.config_files import build_config_with_warnings, setup_logging
-from threadko.configuration import config as global_config
 from threadko.constants import AMQP_URI_CONFIG_KEY
 from threadko.exceptions import CommandError
 from threadko.standalone.events import event_dispatcher
 from threadko.standalone.rpc import ClusterRpcProxy
 from threadko.utils import sanitize_url
-
-_log = logging.getLogger(__name__)
 
 #: the broker of a shell whose config sets no ``AMQP_URI`` (Nameko's too)
 DEFAULT_SHELL_BROKER = 'amqp://guest:guest@localhost'
@@ -277,14 +271,9 @@ def shell(ctx, config_path, defines, broker, interface):
     exception (its traceback is printed), or the status the script passed
     to sys.exit().
     """
-    config, config_warnings = build_config_with_warnings(
+    config = load_config_for_services(
         config_path, defines, broker or DEFAULT_SHELL_BROKER)
     source = _broker_source(config[AMQP_URI_CONFIG_KEY], broker)
-    global_config.setup(config)
-    _prepend_cwd_to_sys_path()
-    setup_logging(config)
-    for message in config_warnings:
-        _log.warning('%s', message)
 
     helper = ShellHelper(config)
     helper.connect()
