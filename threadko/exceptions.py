@@ -230,6 +230,16 @@ class BrokerRefused(pika.exceptions.ChannelClosedByBroker):
             '; {}'.format(hint) if hint else '')
 
 
+def describe_error(exc):
+    """``exc`` in words, its type named once: ``"Type: message"``. pika's
+    connection errors often have an empty ``str()`` (a refused connection
+    is an ``AMQPConnectionError`` wrapping the socket error), so their repr
+    stands in for the message."""
+    text = str(exc) or repr(exc)
+    name = type(exc).__name__
+    return text if text.startswith(name) else '{}: {}'.format(name, text)
+
+
 class BrokerUnavailable(ThreadkoException, ConnectionError):
     """The broker could not be reached to publish (or declare) something,
     and the retry policy is spent: nothing was sent.
@@ -251,12 +261,12 @@ class BrokerUnavailable(ThreadkoException, ConnectionError):
     def __str__(self):
         return (
             'Could not {}: the broker at {} was unreachable on {} '
-            'attempt{} (last error: {}: {}). Nothing was sent; try again '
+            'attempt{} (last error: {}). Nothing was sent; try again '
             'once the broker is back, or allow more retries with '
             'retry_policy or TRANSPORT_OPTIONS.'.format(
                 self.action, self.safe_uri, self.attempts,
                 '' if self.attempts == 1 else 's',
-                type(self.error).__name__, self.error))
+                describe_error(self.error)))
 
 
 # the classes nameko.exceptions also defines (see _wire_path)

@@ -491,6 +491,7 @@ def test_publisher_class_attribute_retry_options_are_honoured(
     assert message.startswith("Could not publish to exchange ")
     assert 'amqp://guest:********@127.0.0.1:1/' in message
     assert 'unreachable on 3 attempts' in message
+    assert 'ConnectionRefusedError' in message  # the cause, not just a name
     assert 'Nothing was sent' in message
 
 

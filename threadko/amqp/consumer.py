@@ -28,7 +28,7 @@ from threadko.amqp.connection import CONNECTION_ERRORS, Connector
 from threadko.amqp.loop_publish import LoopPublisher
 from threadko.amqp.publish import DECOMPRESSORS
 from threadko.constants import DEFAULT_HEARTBEAT, HEARTBEAT_CONFIG_KEY
-from threadko.exceptions import ConfigurationError
+from threadko.exceptions import ConfigurationError, describe_error
 from threadko.extensions import ProviderCollector, SharedExtension
 from threadko import serialization
 
@@ -565,13 +565,6 @@ class _Ready:
         self._event.wait()
         if self._error is not None:
             raise self._error
-
-
-def describe_error(exc):
-    """A connection error in words: pika's often have an empty ``str()``
-    (a refused connection is ``AMQPConnectionError`` wrapping the socket
-    error), so fall back to their repr."""
-    return str(exc) or repr(exc)
 
 
 def _forever(policy):

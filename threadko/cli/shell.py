@@ -23,11 +23,10 @@ import click
 
 import threadko
 from threadko.amqp.connection import CONNECTION_ERRORS
-from threadko.amqp.consumer import describe_error
 from threadko.cli.options import config_options, load_config_for_services
 from threadko.cli.show_config import redact_secrets
 from threadko.constants import AMQP_URI_CONFIG_KEY
-from threadko.exceptions import CommandError
+from threadko.exceptions import CommandError, describe_error
 from threadko.standalone.events import event_dispatcher
 from threadko.standalone.rpc import ClusterRpcProxy
 from threadko.utils import sanitize_url
@@ -91,8 +90,6 @@ class ShellHelper:
             self.rpc = self._rpc_proxy.start()
         except CONNECTION_ERRORS as exc:
             error = describe_error(exc)
-            if type(exc).__name__ not in error:
-                error = '{}: {}'.format(type(exc).__name__, error)
             raise CommandError(
                 'Cannot connect to the broker at {} ({}). Check that it is '
                 'running and that the URI (--broker, or AMQP_URI in the '
