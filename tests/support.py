@@ -5,7 +5,9 @@ output deadlines, and raw access to the broker under test."""
 import contextlib
 import http.client
 import json
+import logging
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -145,7 +147,8 @@ class ChildProcess:
                      'stderr': subprocess.DEVNULL}
             pipes[stream] = subprocess.PIPE
         self.proc = subprocess.Popen(
-            argv, cwd=cwd, env=env, text=True, **pipes)
+            argv, cwd=cwd, env=env, text=True, stdin=subprocess.DEVNULL,
+            **pipes)
         self.stream = getattr(self.proc, stream)
         self.lines = []
         self._cond = threading.Condition()
@@ -386,3 +389,43 @@ def web_port(container):
     """The port ``container``'s ``@http`` routes are served on."""
     return next(ext for ext in container.extensions
                 if isinstance(ext, WebServer)).port
+
+
+# -- an unreachable broker, and waiting for log lines --------------------------
+
+@contextlib.contextmanager
+def closed_port():
+    """A loopback port that refuses connections: bound, so nothing else
+    takes it meanwhile, but not listening."""
+    sock = socket.socket()
+    try:
+        sock.bind(('127.0.0.1', 0))
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+class LogWatcher(logging.Handler):
+    """Notes log records of ``logger`` (and its children) whose message
+    contains ``text``: ``with LogWatcher('Error connecting') as seen:
+    ...; seen.wait()``."""
+
+    def __init__(self, text, logger='threadko'):
+        super().__init__(logging.DEBUG)
+        self.text = text
+        self.logger = logging.getLogger(logger)
+        self.seen = threading.Event()
+
+    def emit(self, record):
+        if self.text in record.getMessage():
+            self.seen.set()
+
+    def wait(self, timeout=WAIT):
+        assert self.seen.wait(timeout), 'never logged {!r}'.format(self.text)
+
+    def __enter__(self):
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc_info):
+        self.logger.removeHandler(self)

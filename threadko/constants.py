@@ -24,6 +24,9 @@ THREAD_JOIN_TIMEOUT_CONFIG_KEY = 'THREAD_JOIN_TIMEOUT'
 # threadko-only: how long `threadko run` lets a graceful stop take before it
 # kills the services (below Kubernetes' default 30 s before SIGKILL)
 SHUTDOWN_GRACE_PERIOD_CONFIG_KEY = 'SHUTDOWN_GRACE_PERIOD'
+# threadko-only: how long `threadko run` waits for its services to start
+# before it gives up (exit status 1); unset: as long as it takes
+START_TIMEOUT_CONFIG_KEY = 'START_TIMEOUT'
 
 DEFAULT_MAX_WORKERS = 10
 DEFAULT_PARENT_CALLS_TRACKED = 10

@@ -23,6 +23,7 @@ import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
+from operator import methodcaller
 
 from threadko import serialization
 from threadko.configuration import config as global_config
@@ -38,7 +39,7 @@ from threadko.extensions import (
 )
 from threadko.log_helpers import make_timing_logger
 from threadko.utils import import_from_path
-from threadko.utils.concurrency import SpawningSet
+from threadko.utils.concurrency import SpawningSet, call_each
 
 _log = logging.getLogger(__name__)
 _log_time = make_timing_logger(_log)
@@ -327,6 +328,12 @@ class ServiceContainer:
         self._stopping = False  # stop() began: no new workers
         self._lifecycle_lock = threading.Lock()
         self._died = _Outcome()
+        # while start() runs: an event set when it returns
+        self._starting = None
+        self._start_interrupted = False
+        self._ever_started = False
+        # stopped or killed before its first start: it never starts
+        self._cancelled = False
 
         self._worker_count = 0  # only used to name worker threads
         self._make_worker_pool()
@@ -359,21 +366,83 @@ class ServiceContainer:
         """Start the container: ``setup()`` every extension (concurrently),
         then ``start()`` every extension (concurrently).
 
-        Blocks until all returned. The first exception is re-raised; the
-        container is then neither started nor killed automatically.
-        """
-        _log.debug('starting %s', self)
-        if self._worker_slots.closed_reason is not None:
-            # restarted after a stop: the old pool is shut down
-            self._make_worker_pool()
-            self._died = _Outcome()
-            self._being_killed = False
-            self._stopping = False
-        self.started = True
+        Blocks until all returned. If a hook raises, the hooks still
+        running are interrupted (see
+        :meth:`~threadko.extensions.Extension.interrupt_start`) and, once
+        they returned, the exception is re-raised; the container is then
+        neither started nor killed automatically (kill it).
 
-        with _log_time('started %s', self):
-            self.extensions.all.setup()
-            self.extensions.all.start()
+        :meth:`stop` or :meth:`kill`, called from another thread while
+        this runs, interrupts it the same way; ``start()`` then returns
+        without an error. A container stopped or killed before it was ever
+        started does not start: ``start()`` returns at once.
+        """
+        with self._lifecycle_lock:
+            if self._cancelled:
+                _log.debug('not starting %s: it was stopped before it '
+                           'started', self)
+                return
+            if self._worker_slots.closed_reason is not None:
+                # restarted after a stop: the old pool is shut down
+                self._make_worker_pool()
+                self._died = _Outcome()
+                self._being_killed = False
+                self._stopping = False
+            self.started = True
+            self._ever_started = True
+            self._start_interrupted = False
+            starting = self._starting = threading.Event()
+
+        _log.debug('starting %s', self)
+        began = time.monotonic()
+        try:
+            self._run_start_phase('setup')
+            if not self._start_interrupted:
+                self._run_start_phase('start')
+        finally:
+            with self._lifecycle_lock:
+                self._starting = None
+            starting.set()
+        if not self._start_interrupted:
+            _log.debug('started %s in %.3fs', self, time.monotonic() - began)
+
+    def _run_start_phase(self, hook):
+        """Call ``hook`` (``'setup'`` or ``'start'``) on every extension
+        concurrently; the first failure interrupts the others."""
+        try:
+            call_each(self.extensions, methodcaller(hook), hook,
+                      on_first_error=self._interrupt_start)
+        except Exception:
+            if not (self._stopping or self._being_killed):
+                raise
+            # interrupted by stop() or kill(), which own what happens next
+            _log.debug('%s of %s failed after it was stopped', hook, self,
+                       exc_info=True)
+
+    def _interrupt_start(self):
+        """Make the setup and start hooks still running return, and skip
+        those not yet begun (once per start)."""
+        with self._lifecycle_lock:
+            if self._starting is None or self._start_interrupted:
+                return
+            self._start_interrupted = True
+        _log.debug('interrupting the start of %s', self)
+        for extension in self.extensions:
+            try:
+                extension.interrupt_start()
+            except Exception:
+                _log.warning('%s raised in interrupt_start()', extension,
+                             exc_info=True)
+
+    def _wait_for_start(self, starting, timeout):
+        """After :meth:`_interrupt_start`: wait for ``start()`` to return,
+        for up to ``timeout`` seconds."""
+        if not starting.wait(timeout):
+            _log.warning(
+                '%s is still starting %.1fs after its start was interrupted '
+                '(an extension\'s setup() or start() blocks, and does not '
+                'end on interrupt_start()); going on without waiting for it',
+                self, timeout)
 
     def stop(self):
         """Stop the container gracefully.
@@ -387,23 +456,33 @@ class ServiceContainer:
         When ``stop()`` returns, no thread the container started is alive,
         unless an extension left a managed thread running past
         ``THREAD_JOIN_TIMEOUT`` seconds, which is logged as a warning.
-        If a kill is in progress, waits for it instead.
+        If a kill is in progress, waits for it instead. Called while
+        :meth:`start` runs (on another thread), it first interrupts the
+        start and waits for it to return, then stops what did start.
         """
         with self._lifecycle_lock:
             if self._died.ready():
                 _log.debug('already stopped %s', self)
                 return
             being_killed = self._being_killed
+            # from here on, work an entrypoint received but has not yet
+            # handed to a worker (waiting for a free slot, say) goes back
+            # to its source
+            self._stopping = True
+            starting = self._starting
+            if not self._ever_started:
+                self._cancelled = True
 
         if being_killed:
             _log.debug('already being killed %s', self)
             self._wait_quietly()
             return
 
-        # from here on, work an entrypoint received but has not yet handed
-        # to a worker (waiting for a free slot, say) goes back to its source
-        self._stopping = True
         _log.debug('stopping %s', self)
+        if starting is not None:
+            _log.debug('%s is starting: interrupting it', self)
+            self._interrupt_start()
+            self._wait_for_start(starting, self.thread_join_timeout)
 
         with _log_time('stopped %s', self):
             self.entrypoints.all.stop()
@@ -438,6 +517,8 @@ class ServiceContainer:
 
         - refuses new work (``spawn_worker`` raises
           :class:`~threadko.exceptions.ContainerBeingKilled`);
+        - interrupts a :meth:`start` in progress (waiting at most a second
+          for it to return);
         - calls ``kill()`` on the entrypoints, then on every extension
           (exceptions are logged and swallowed), which closes broker
           connections so unacknowledged messages go back to the broker;
@@ -457,6 +538,9 @@ class ServiceContainer:
                 already_killing = False
                 self._being_killed = True
                 already_dead = self._died.ready()
+                starting = self._starting
+                if not self._ever_started:
+                    self._cancelled = True
 
         if already_killing:
             _log.debug('already killing %s ... waiting for death', self)
@@ -472,6 +556,10 @@ class ServiceContainer:
             _log.info('killing %s', self)
 
         self._worker_slots.close('{} is being killed'.format(self))
+        if starting is not None:
+            self._interrupt_start()
+            self._wait_for_start(
+                starting, min(KILL_JOIN_TIMEOUT, self.thread_join_timeout))
 
         def safely_kill_extensions(extensions):
             try:

@@ -56,6 +56,21 @@ class Extension:
         """Called when the container shuts down gracefully. Return only
         once this extension has stopped, and its threads have ended."""
 
+    def interrupt_start(self):
+        """Called from another thread while the container is starting,
+        when it is stopped or killed, or another extension failed to
+        start: this extension's :meth:`setup` or :meth:`start` may still be
+        running, or be about to run. If either can block (waiting for a
+        server to answer, say), make it return promptly now, and make a
+        :meth:`start` that has not begun yet return at once. Must not raise
+        or block.
+
+        The container calls :meth:`stop` or :meth:`kill` only after the
+        interrupted hooks returned (or ``THREAD_JOIN_TIMEOUT`` passed).
+        The default does nothing: most hooks return quickly by themselves.
+        threadko only; Nameko has no such hook.
+        """
+
     def kill(self):
         """Called to stop this extension urgently, omitting cleanup.
 

@@ -3,10 +3,11 @@
 import logging
 from collections.abc import Mapping
 from contextlib import contextmanager
+from operator import methodcaller
 
 from threadko.configuration import config as global_config
 from threadko.containers import get_container_cls, get_service_name
-from threadko.utils.concurrency import SpawningProxy
+from threadko.utils.concurrency import SpawningProxy, call_each
 
 _log = logging.getLogger(__name__)
 
@@ -49,10 +50,22 @@ class ServiceRunner:
         self.service_map[service_name] = container
 
     def start(self):
-        """Start every container concurrently; block until all started."""
+        """Start every container concurrently; block until all started.
+
+        If a container fails to start, the others' starts are interrupted,
+        every container is killed, and the error is raised.
+        :meth:`stop` or :meth:`kill`, called from another thread while this
+        runs, interrupts the start; ``start()`` then returns without an
+        error.
+        """
         service_names = ', '.join(self.service_names)
         _log.info('starting services: %s', service_names)
-        SpawningProxy(self.containers).start()
+        try:
+            call_each(self.containers, methodcaller('start'), 'start',
+                      on_first_error=self.kill)
+        except BaseException:
+            self.kill()
+            raise
         _log.debug('services started: %s', service_names)
 
     def stop(self):

@@ -6,6 +6,7 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 from click.testing import CliRunner
 
-from support import Received, child_env
+from support import ChildProcess, Received, child_env, closed_port
 
 from threadko import config as global_config
 from threadko.cli.main import main
@@ -254,6 +255,27 @@ def test_unsupported_broker_uri_is_a_one_line_error(shell):
     assert 'Unsupported broker URI scheme' in error
 
 
+RETRY_FOREVER = 'TRANSPORT_OPTIONS={max_retries: null}'
+
+
+def test_ctrl_c_while_a_piped_script_waits_for_the_broker(tmp_path):
+    with closed_port() as port:
+        uri = 'amqp://guest:guest@127.0.0.1:{}'.format(port)
+        process = ChildProcess(
+            [sys.executable, '-m', 'threadko', 'shell', '--broker', uri,
+             '-d', RETRY_FOREVER], str(tmp_path), child_env(), timeout=WAIT)
+        try:
+            process.wait_for_line('Error connecting to broker')
+            process.send_signal(signal.SIGINT)
+            assert process.wait() == 130
+        finally:
+            process.close()
+    assert process.output.splitlines()[-1] == (
+        'Interrupted while connecting to the broker at '
+        'amqp://guest:********@127.0.0.1:{}'.format(port))
+    assert 'Traceback' not in process.output
+
+
 # -- interactive, at a terminal ----------------------------------------------
 
 class Terminal:
@@ -359,6 +381,29 @@ def terminal(tmp_path):
     yield start
     for term in terminals:
         term.close()
+
+
+@pytest.mark.parametrize('key, status, said', [
+    ('Ctrl-C', 130, 'Interrupted'),
+    ('Ctrl-D', 0, 'Cancelled'),
+])
+def test_interactive_shell_leaves_while_it_waits_for_the_broker(
+        terminal, key, status, said):
+    with closed_port() as port:
+        term = terminal('--broker', 'amqp://guest:guest@127.0.0.1:{}'.format(
+            port), '-d', RETRY_FOREVER, '--interface', 'plain')
+        term.expect('Error connecting to broker')
+        if key == 'Ctrl-C':
+            term.proc.send_signal(signal.SIGINT)  # what the terminal sends
+        else:
+            term.type('n.rpc')  # typed ahead: dropped, with a note
+            term.expect('(still connecting; ignored: n.rpc)')
+            term.end_of_input()
+        assert term.wait() == status, term.output
+    assert ('{} while connecting to the broker at amqp://guest:********@'
+            '127.0.0.1:{}'.format(said, port)) in term.output
+    assert 'Traceback' not in term.output
+    assert '>>> ' not in term.output
 
 
 @pytest.mark.rabbit

@@ -306,6 +306,11 @@ class ConsumerLoop:
         the connection error if ``give_up_first_connect`` gave up."""
         self._ready.wait()
 
+    def abort_wait_ready(self):
+        """Make :meth:`wait_ready` return now, from any thread; the loop
+        goes on connecting until :meth:`stop`."""
+        self._ready.abort()
+
     def call_soon(self, callback):
         """Run ``callback`` on the loop's thread; returns False if there is
         no live connection (the callback is then dropped)."""
@@ -377,6 +382,8 @@ class QueueConsumer(ProviderCollector, SharedExtension):
         self.consumer_thread = None
         self._dispatcher_thread = None
         self._loop = None
+        self._start_lock = threading.Lock()
+        self._start_interrupted = False
         self._channel = None
         self._live_connection = None
         self._consumer_tags = {}
@@ -388,19 +395,34 @@ class QueueConsumer(ProviderCollector, SharedExtension):
         self.prefetch_count = self.container.max_workers
         self.accept = serialization.accepted_content_types(
             self.container.accept)
+        with self._start_lock:
+            self._start_interrupted = False  # a new start-up begins
 
     def start(self):
-        if self.consumer_thread is not None:
-            return
-        self._loop = ConsumerLoop(
-            self.connector, self._on_connect,
-            'service {}'.format(self.container.service_name))
-        self._dispatch_queue = queue.SimpleQueue()
-        self._dispatcher_thread = self.container.spawn_managed_thread(
-            self._run_dispatcher, identifier='amqp-dispatcher')
-        self.consumer_thread = self.container.spawn_managed_thread(
-            self._loop.run, identifier='amqp-consumer')
+        """Start the consumer thread and wait until it consumes (it
+        retries connecting for as long as it takes), or until
+        :meth:`interrupt_start`."""
+        with self._start_lock:
+            if self.consumer_thread is not None or self._start_interrupted:
+                return
+            self._loop = ConsumerLoop(
+                self.connector, self._on_connect,
+                'service {}'.format(self.container.service_name))
+            self._dispatch_queue = queue.SimpleQueue()
+            self._dispatcher_thread = self.container.spawn_managed_thread(
+                self._run_dispatcher, identifier='amqp-dispatcher')
+            self.consumer_thread = self.container.spawn_managed_thread(
+                self._loop.run, identifier='amqp-consumer')
         self._loop.wait_ready()
+
+    def interrupt_start(self):
+        """Stop :meth:`start` waiting for the broker (the consumer thread
+        goes on trying to connect until :meth:`stop` or :meth:`kill`)."""
+        with self._start_lock:
+            self._start_interrupted = True
+            loop = self._loop
+        if loop is not None:
+            loop.abort_wait_ready()
 
     def stop(self):
         """Wait until every provider has unregistered (their workers are
@@ -547,19 +569,26 @@ class _Ready:
 
     def __init__(self):
         self._event = threading.Event()
+        self._done = False
         self._error = None
 
     def done(self):
-        return self._event.is_set()
+        """Whether the first connection succeeded or failed for good."""
+        return self._done
 
     def succeed(self):
+        self._done = True
         self._event.set()
 
     def fail(self, error):
         self._error = error
+        self._done = True
         self._event.set()
 
-    abort = succeed  # stopping before the first connection
+    def abort(self):
+        """Release :meth:`wait` without an outcome (the loop is stopping,
+        or its owner stopped waiting)."""
+        self._event.set()
 
     def wait(self):
         self._event.wait()

@@ -10,7 +10,6 @@ persistent delivery, priority 0, confirms, mandatory detection, retries.
 import bz2
 import logging
 import threading
-import time
 import warnings
 import zlib
 from collections import namedtuple
@@ -99,6 +98,8 @@ class ProducerPool:
         self.connector = connector
         self._idle = {True: [], False: []}
         self._lock = threading.Lock()
+        # notified by close(): ends the waits between retries
+        self._closed = threading.Condition(self._lock)
         self._generation = 0
 
     def _checkout(self, use_confirms):
@@ -167,6 +168,8 @@ class ProducerPool:
             else DEFAULT_RETRY_POLICY)
         intervals = policy.intervals() if retry else iter(())
         attempts = 0
+        with self._lock:
+            began = self._generation
         while True:
             producer = None
             reused = False
@@ -190,16 +193,18 @@ class ProducerPool:
                     continue
                 attempts += 1
                 wait = next(intervals, None)
+                if wait is not None:
+                    _log.warning(
+                        'Error publishing to broker at %s (%r); retrying in '
+                        '%s seconds', self.connector.safe_uri, exc, wait)
+                    if not self._wait_unless_closed(began, wait):
+                        wait = None  # closed meanwhile: give up now
                 if wait is None:
                     if isinstance(exc, pika.exceptions.NackError):
                         raise
                     raise BrokerUnavailable(
                         action(), self.connector.safe_uri, attempts,
                         exc) from exc
-                _log.warning(
-                    'Error publishing to broker at %s (%r); retrying in '
-                    '%s seconds', self.connector.safe_uri, exc, wait)
-                time.sleep(wait)  # back-off between attempts
             except BaseException:
                 # e.g. an invalid property: this connection's state is
                 # unknown, so it does not go back to the pool
@@ -210,13 +215,23 @@ class ProducerPool:
                 self._checkin(producer, use_confirms, generation)
                 return
 
+    def _wait_unless_closed(self, generation, seconds):
+        """Back off between attempts: wait ``seconds``, unless the pool is
+        (or gets) closed after ``generation``; whether the wait ran out."""
+        with self._closed:
+            return not self._closed.wait_for(
+                lambda: self._generation != generation, seconds)
+
     def close(self):
         """Close the idle connections; connections lent out now are closed
-        when they come back. The pool stays usable (it reconnects)."""
+        when they come back, and publishes waiting to retry give up
+        (raising :class:`~threadko.exceptions.BrokerUnavailable`). The
+        pool stays usable (it reconnects)."""
         with self._lock:
             self._generation += 1
             idle = self._idle[True] + self._idle[False]
             self._idle = {True: [], False: []}
+            self._closed.notify_all()
         for producer in idle:
             producer.close()
 
@@ -361,6 +376,10 @@ class SharedProducerPool(SharedExtension):
                     self.container.config, heartbeat=0,
                     transport_options=False))
             return self._pool
+
+    def interrupt_start(self):
+        """Declarations retrying while the container starts give up."""
+        self.pool.close()
 
     def stop(self):
         self.pool.close()

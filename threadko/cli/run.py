@@ -3,11 +3,17 @@
 Process lifecycle (threads version of Nameko's ``nameko run``):
 
 - the main thread owns the :class:`~threadko.runners.ServiceRunner`; it
-  waits for events (signals, the runner ending) with a timeout so it stays
-  responsive;
+  starts the services on a thread named ``threadko-cli-start`` and waits
+  for events (signals, the start ending, the runner ending) with a
+  timeout so it stays responsive in every state;
 - the first SIGINT or SIGTERM stops the services gracefully (running
   workers finish) on a thread named ``threadko-cli-stop``; the process then
-  exits with status 0;
+  exits with status 0. A signal that arrives while the services are still
+  starting (waiting for the broker, say) interrupts their start; that is
+  a graceful stop too;
+- services that have not started within the start timeout
+  (``START_TIMEOUT`` or ``--start-timeout``, none by default) are killed
+  and the exit status is 1;
 - a second SIGINT or SIGTERM while stopping kills the services and exits
   with status 130. Running workers cannot be interrupted; when killed they
   are abandoned, and the process exits without waiting for them;
@@ -35,7 +41,7 @@ import click
 from threadko.cli.options import config_options, load_config_for_services
 from threadko.constants import (
     AMQP_URI_CONFIG_KEY, DEFAULT_SHUTDOWN_GRACE_PERIOD,
-    SHUTDOWN_GRACE_PERIOD_CONFIG_KEY,
+    SHUTDOWN_GRACE_PERIOD_CONFIG_KEY, START_TIMEOUT_CONFIG_KEY,
 )
 from threadko.exceptions import CommandError
 from threadko.extensions import ENTRYPOINT_EXTENSIONS_ATTR
@@ -138,20 +144,37 @@ class ServiceProcess:
     """Runs a :class:`ServiceRunner` in the foreground of the process until
     it ends, reacting to SIGINT and SIGTERM (see the module docstring).
 
+    The services start on a thread of their own (``threadko-cli-start``),
+    so that a signal is answered in every state, starting included: a
+    stop that arrives while the services are still starting (waiting for
+    the broker, say) interrupts their start and is a graceful stop like
+    any other.
+
     Signal handlers only post to a :class:`queue.SimpleQueue` (safe to call
     from a signal handler); the main thread does the work.
 
     :param runner: a runner with its services added, not started
     :param grace_period: seconds a graceful stop may take before the
         services are killed (``None``: wait for as long as it takes)
+    :param start_timeout: seconds the services may take to start before
+        they are killed and the process exits with status 1 (``None``:
+        wait for as long as it takes, as Nameko does)
     """
 
-    def __init__(self, runner, grace_period=DEFAULT_SHUTDOWN_GRACE_PERIOD):
+    def __init__(self, runner, grace_period=DEFAULT_SHUTDOWN_GRACE_PERIOD,
+                 start_timeout=None):
         self.runner = runner
         self.grace_period = grace_period
+        self.start_timeout = start_timeout
         self._events = queue.SimpleQueue()
+        self._started = False
+        self._start_failure = None
+        self._start_deadline = None
         self._stopper = None
         self._stop_deadline = None
+        self._starter = threading.Thread(
+            target=self._start_runner, name='threadko-cli-start',
+            daemon=True)
         self._waiter = threading.Thread(
             target=self._wait_for_runner, name='threadko-cli-wait',
             daemon=True)
@@ -160,27 +183,26 @@ class ServiceProcess:
         """Start the services and block until they are stopped, killed or
         one of them dies.
 
-        :returns: the exit status: 0 after a graceful stop, 1 if a
-            container died or stopping failed, 130 after a kill
+        :returns: the exit status: 0 after a graceful stop (also one that
+            came while the services were starting), 1 if a container died,
+            stopping failed or took longer than the grace period, or the
+            services did not start within ``start_timeout``; 130 after a
+            second signal
+        :raises: the error that made the services fail to start
         """
         previous_handlers = self._install_signal_handlers()
         try:
-            try:
-                self.runner.start()
-            except BaseException:
-                _log.error('failed to start services; killing them')
-                self.runner.kill()
-                raise
-            self._waiter.start()
-            _log.info(
-                'running services: %s (broker: %s); stop with Ctrl-C or '
-                'SIGTERM', ', '.join(self.runner.service_names),
-                sanitize_url(str(
-                    self.runner.config.get(AMQP_URI_CONFIG_KEY))))
-            return self._loop()
+            if self.start_timeout is not None:
+                self._start_deadline = time.monotonic() + self.start_timeout
+            self._starter.start()
+            status = self._loop()
         finally:
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
+        if self._start_failure is not None:
+            _, exc, traceback = self._start_failure
+            raise exc.with_traceback(traceback)
+        return status
 
     def _install_signal_handlers(self):
         if threading.current_thread() is not threading.main_thread():
@@ -192,6 +214,16 @@ class ServiceProcess:
 
     def _on_signal(self, signum, frame):
         self._events.put(('signal', signum))
+
+    # -- the helper threads, each posting how it ended ------------------
+
+    def _start_runner(self):
+        try:
+            self.runner.start()
+        except BaseException:
+            self._events.put(('start failed', sys.exc_info()))
+        else:
+            self._events.put(('started', None))
 
     def _wait_for_runner(self):
         try:
@@ -206,27 +238,59 @@ class ServiceProcess:
             self.runner.stop()
         except BaseException:
             self._events.put(('stop failed', sys.exc_info()))
+        else:
+            self._events.put(('stopped', None))
+
+    # -- the main thread ---------------------------------------------------
 
     def _loop(self):
         while True:
             try:
                 kind, value = self._events.get(timeout=POLL_INTERVAL)
             except queue.Empty:
-                if self._grace_period_over():
+                if _passed(self._stop_deadline):
                     _log.error(
                         'services still stopping after the %ss grace period '
                         '(%s): killing them; the work they were doing goes '
                         'back to the broker', self.grace_period,
                         SHUTDOWN_GRACE_PERIOD_CONFIG_KEY)
                     return self._kill(EXIT_ERROR)
+                if _passed(self._start_deadline):
+                    _log.error(
+                        'services not started after %ss (%s, '
+                        '--start-timeout): killing them; the warnings above '
+                        'say what they wait for', self.start_timeout,
+                        START_TIMEOUT_CONFIG_KEY)
+                    return self._kill(EXIT_ERROR)
                 continue
 
-            if kind == 'signal':
+            if kind == 'started':
+                self._start_deadline = None
+                if self._stopper is None:
+                    self._started = True
+                    self._waiter.start()
+                    _log.info(
+                        'running services: %s (broker: %s); stop with '
+                        'Ctrl-C or SIGTERM',
+                        ', '.join(self.runner.service_names),
+                        sanitize_url(str(
+                            self.runner.config.get(AMQP_URI_CONFIG_KEY))))
+                # else: a stop interrupted the start, and ends the process
+
+            elif kind == 'start failed':
+                # the runner has killed every container already
+                _log.error('failed to start services')
+                self._start_failure = value
+                return self._kill(EXIT_ERROR)
+
+            elif kind == 'signal':
                 name = signal.Signals(value).name
                 if self._stopper is None:
                     _log.info(
-                        '%s received: stopping services gracefully (send '
-                        'SIGINT or SIGTERM again to kill them)', name)
+                        '%s received%s: stopping services gracefully (send '
+                        'SIGINT or SIGTERM again to kill them)', name,
+                        '' if self._started else ' during start-up')
+                    self._start_deadline = None
                     self._stopper = threading.Thread(
                         target=self._stop_runner, name='threadko-cli-stop',
                         daemon=True)
@@ -238,8 +302,11 @@ class ServiceProcess:
                     _log.warning('%s received again: killing services', name)
                     return self._kill(EXIT_KILLED)
 
-            elif kind == 'ended':
-                self._join_stopper()
+            elif kind in ('stopped', 'ended'):
+                # every container has stopped (an interrupted start
+                # returns soon after)
+                _join(self._stopper)
+                _join(self._starter, KILL_GRACE)
                 _log.info('services stopped')
                 return EXIT_OK
 
@@ -248,7 +315,7 @@ class ServiceProcess:
                 _log.error('a service died; exiting', exc_info=value)
                 # a stop started by a signal may be stuck on a worker the
                 # dying container abandoned
-                self._join_stopper(KILL_GRACE)
+                _join(self._stopper, KILL_GRACE)
                 return EXIT_ERROR
 
             elif kind == 'stop failed':
@@ -256,23 +323,25 @@ class ServiceProcess:
                            exc_info=value)
                 return self._kill(EXIT_ERROR)
 
-    def _grace_period_over(self):
-        return (self._stop_deadline is not None
-                and time.monotonic() >= self._stop_deadline)
-
-    def _join_stopper(self, timeout=None):
-        if self._stopper is not None:
-            self._stopper.join(timeout)
-
     def _kill(self, status):
         self.runner.kill()
-        # both threads end soon after a kill, unless the stop is stuck
+        # the threads end soon after a kill, unless a stop is stuck
         # waiting for an abandoned worker: they are daemons, so after a
         # bounded wait they may be left behind
         deadline = time.monotonic() + KILL_GRACE
-        self._join_stopper(KILL_GRACE)
-        self._waiter.join(max(0.0, deadline - time.monotonic()))
+        for thread in (self._stopper, self._starter, self._waiter):
+            _join(thread, max(0.0, deadline - time.monotonic()))
         return status
+
+
+def _passed(deadline):
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _join(thread, timeout=None):
+    """Join ``thread`` if there is one and it was started."""
+    if thread is not None and thread.ident is not None:
+        thread.join(timeout)
 
 
 def _threads_blocking_exit():
@@ -310,16 +379,10 @@ def exit_abandoning_threads(status):
     os._exit(status)
 
 
-def _grace_period(value):
-    """The grace period in seconds, or None for no limit (``None`` or a
-    value of 0 or less in the config)."""
-    try:
-        seconds = None if value is None else float(value)
-    except (TypeError, ValueError):
-        raise CommandError(
-            '{} must be a number of seconds, not {!r}'.format(
-                SHUTDOWN_GRACE_PERIOD_CONFIG_KEY, value))
-    return seconds if seconds is not None and seconds > 0 else None
+def _seconds_or_none(value):
+    """A time limit in seconds, or None for no limit: ``None``, or a
+    number of 0 or less (the config checks have vetted the type)."""
+    return float(value) if value is not None and float(value) > 0 else None
 
 
 @click.command('run')
@@ -332,10 +395,16 @@ def _grace_period(value):
                    'are killed (exit status 1). Overrides the config\'s '
                    'SHUTDOWN_GRACE_PERIOD; default {}s.'.format(
                        DEFAULT_SHUTDOWN_GRACE_PERIOD))
+@click.option('--start-timeout', type=float, metavar='SECONDS',
+              help='Exit with status 1 if the services have not started '
+                   'within this time (waiting for the broker, say). '
+                   'Overrides the config\'s START_TIMEOUT; default: wait '
+                   'for as long as it takes.')
 @click.argument('services', nargs=-1, required=True,
                 metavar='MODULE[:CLASS]...')
 @click.pass_context
-def run(ctx, config_path, defines, broker, grace_period, services):
+def run(ctx, config_path, defines, broker, grace_period, start_timeout,
+        services):
     """Run one or more services until stopped.
 
     Each argument is a module (every class in it with entrypoints is run)
@@ -344,8 +413,9 @@ def run(ctx, config_path, defines, broker, grace_period, services):
     in class definitions.
 
     The first Ctrl-C or SIGTERM stops gracefully (running workers finish;
-    exit status 0); a second one kills the services (exit status 130), as
-    does a stop that outlasts the grace period (exit status 1).
+    exit status 0), also while the services are still starting; a second
+    one kills the services (exit status 130), as does a stop that outlasts
+    the grace period (exit status 1).
     """
     config = load_config_for_services(config_path, defines, broker)
 
@@ -362,7 +432,11 @@ def run(ctx, config_path, defines, broker, grace_period, services):
     if grace_period is None:
         grace_period = config.get(
             SHUTDOWN_GRACE_PERIOD_CONFIG_KEY, DEFAULT_SHUTDOWN_GRACE_PERIOD)
-    status = ServiceProcess(runner, _grace_period(grace_period)).run()
+    if start_timeout is None:
+        start_timeout = config.get(START_TIMEOUT_CONFIG_KEY)
+    status = ServiceProcess(
+        runner, _seconds_or_none(grace_period),
+        _seconds_or_none(start_timeout)).run()
     if status != EXIT_OK:
         exit_abandoning_threads(status)
     ctx.exit(status)

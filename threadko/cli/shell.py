@@ -15,8 +15,11 @@ the shell's own process.
 """
 
 import linecache
+import os
 import platform
+import select
 import sys
+import threading
 import traceback
 
 import click
@@ -82,9 +85,11 @@ class ShellHelper:
 
     def connect(self):
         """Start the RPC client (connect and declare its reply queue).
+        :meth:`disconnect`, from another thread, ends the attempt.
 
         :raises CommandError: the broker cannot be reached, or refuses the
             connection, once ``TRANSPORT_OPTIONS``' retries are spent
+        :raises RpcClientStopped: :meth:`disconnect` ended the attempt
         """
         try:
             self.rpc = self._rpc_proxy.start()
@@ -244,6 +249,50 @@ def _stdin_is_terminal():
     return sys.stdin is not None and sys.stdin.isatty()
 
 
+class ConnectCancelled(Exception):
+    """End of input (Ctrl-D) on the terminal while the shell connects."""
+
+
+def connect_watching_terminal(helper):
+    """``helper.connect()`` on a thread of its own while this one watches
+    the terminal: end of input (Ctrl-D) cancels the attempt with
+    :exc:`ConnectCancelled`, as Ctrl-C does with :exc:`KeyboardInterrupt`.
+    Lines typed meanwhile are dropped, with a note."""
+    outcome = []
+    done_read, done_write = os.pipe()
+
+    def connect():
+        try:
+            helper.connect()
+        except BaseException as exc:
+            outcome.append(exc)
+        finally:
+            os.write(done_write, b'x')
+
+    thread = threading.Thread(
+        target=connect, name='threadko-shell-connect', daemon=True)
+    thread.start()
+    try:
+        while True:
+            readable, _, _ = select.select([done_read, sys.stdin], [], [])
+            if done_read in readable:
+                break
+            line = sys.stdin.readline()
+            if not line:
+                raise ConnectCancelled()
+            click.echo('(still connecting; ignored: {})'.format(
+                line.rstrip('\n')), err=True)
+    except BaseException:
+        helper.disconnect()  # ends the attempt
+        raise
+    finally:
+        thread.join()
+        os.close(done_read)
+        os.close(done_write)
+    if outcome:
+        raise outcome[0]
+
+
 @click.command('shell')
 @config_options
 @click.option('--broker', metavar='URI',
@@ -273,10 +322,22 @@ def shell(ctx, config_path, defines, broker, interface):
     source = _broker_source(config[AMQP_URI_CONFIG_KEY], broker)
 
     helper = ShellHelper(config)
-    helper.connect()
+    interactive = _stdin_is_terminal()
+    try:
+        if interactive:
+            connect_watching_terminal(helper)
+        else:
+            helper.connect()
+    except (KeyboardInterrupt, ConnectCancelled) as exc:
+        helper.disconnect()
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        click.echo('{} while connecting to the broker at {}'.format(
+            'Interrupted' if interrupted else 'Cancelled',
+            sanitize_url(str(config[AMQP_URI_CONFIG_KEY]))), err=True)
+        ctx.exit(EXIT_INTERRUPTED if interrupted else EXIT_OK)
     namespace = {'__name__': '__main__', '__doc__': None, 'n': helper}
     try:
-        if _stdin_is_terminal():
+        if interactive:
             start_interactive(
                 interface, namespace, make_banner(config, source))
             status = EXIT_OK

@@ -58,11 +58,29 @@ class _ClientBase:
 
     def start(self):
         """Connect, declare the reply queue and start its consumer thread;
-        return the proxy object. Raises the connection error if the broker
-        cannot be reached (after the ``TRANSPORT_OPTIONS`` retries)."""
+        return the proxy object once connected.
+
+        :raises: the connection error if the broker cannot be reached
+            (after the ``TRANSPORT_OPTIONS`` retries)
+        :raises RpcClientStopped: :meth:`stop` was called (from another
+            thread) before the client connected
+        """
         with self._lock:
             if self._thread is None:
                 self._start()
+            thread = self._thread
+        # not under the lock: stop() may end the wait
+        try:
+            self._loop.wait_ready()
+        except BaseException:  # KeyboardInterrupt too
+            with self._lock:
+                if self._thread is thread:
+                    self._stop()
+            raise
+        with self._lock:
+            if self._thread is not thread:
+                raise RpcClientStopped(
+                    'This RPC client was stopped while it was connecting')
             return self._make_proxy()
 
     def _start(self):
@@ -97,11 +115,6 @@ class _ClientBase:
             target=self._loop.run, daemon=True,
             name='threadko-rpc-client-{}'.format(reply_key[:8]))
         self._thread.start()
-        try:
-            self._loop.wait_ready()
-        except BaseException:
-            self._stop()
-            raise
 
     def stop(self):
         """Stop the consumer thread and close the connections. Calls still

@@ -10,55 +10,68 @@ import sys
 import threading
 
 
-class _Call(threading.Thread):
-    """One thread running ``fn(item)`` and keeping its outcome."""
+def call_each(items, fn, name, on_first_error=None):
+    """Call ``fn(item)`` for every item at once, one thread each (named
+    ``threadko-<name>-<n>``; a single item runs on the calling thread).
 
-    def __init__(self, fn, item, name):
-        super().__init__(name=name, daemon=True)
-        self._fn = fn
-        self._item = item
-        self.exc_info = None
-        self.result = None
-
-    def run(self):
-        try:
-            self.result = self._fn(self._item)
-        except BaseException:
-            self.exc_info = sys.exc_info()
-        finally:
-            # don't keep the item (and its container) alive via the thread
-            self._fn = self._item = None
-
-
-def call_all(items, method_name, *args, **kwargs):
-    """Call ``item.<method_name>(*args, **kwargs)`` for every item at once.
-
-    Blocks until every call returned. If any raised, the first exception (in
-    the order of ``items``) is re-raised after all calls finished; the others
-    are not interrupted. Returns the list of results in ``items`` order.
+    Blocks until every call returned. If any raised, the first exception
+    (in time) is re-raised then. ``on_first_error()``, if given, is called
+    as soon as the first call raises, while the others may still be
+    running: it should make them return (they are not interrupted
+    otherwise). Returns the list of results in ``items`` order.
     """
     items = list(items)
     if not items:
         return []
     if len(items) == 1:
         # no hand-off needed; keeps tracebacks and thread dumps simple
-        return [getattr(items[0], method_name)(*args, **kwargs)]
+        return [fn(items[0])]
 
-    def fn(item):
-        return getattr(item, method_name)(*args, **kwargs)
+    done = threading.Condition()
+    results = [None] * len(items)
+    errors = []  # exc_info triples, in the order they happened
+    pending = [len(items)]
 
-    calls = [
-        _Call(fn, item, name='threadko-{}-{}'.format(method_name, index))
+    def run(index, item):
+        try:
+            result, exc_info = fn(item), None
+        except BaseException:
+            result, exc_info = None, sys.exc_info()
+        with done:
+            results[index] = result
+            if exc_info is not None:
+                errors.append(exc_info)
+            pending[0] -= 1
+            done.notify_all()
+
+    threads = [
+        threading.Thread(
+            target=run, args=(index, item), daemon=True,
+            name='threadko-{}-{}'.format(name, index))
         for index, item in enumerate(items)
     ]
-    for call in calls:
-        call.start()
-    for call in calls:
-        call.join()
-    for call in calls:
-        if call.exc_info is not None:
-            raise call.exc_info[1].with_traceback(call.exc_info[2])
-    return [call.result for call in calls]
+    for thread in threads:
+        thread.start()
+    with done:
+        done.wait_for(lambda: not pending[0] or (
+            on_first_error is not None and errors))
+        interrupt = on_first_error is not None and errors and pending[0]
+    if interrupt:
+        on_first_error()
+    for thread in threads:
+        thread.join()
+    if errors:
+        exc_info = errors[0]
+        raise exc_info[1].with_traceback(exc_info[2])
+    return results
+
+
+def call_all(items, method_name, *args, **kwargs):
+    """Call ``item.<method_name>(*args, **kwargs)`` for every item at once
+    (see :func:`call_each`); returns the results in ``items`` order."""
+    return call_each(
+        items, lambda item: getattr(item, method_name)(*args, **kwargs),
+        method_name)
 
 
 def wait_first_error(items, method_name):
