@@ -26,6 +26,7 @@ from contextlib import contextmanager, nullcontext
 from operator import methodcaller
 
 from threadko import serialization
+from threadko.config_validation import validate_config
 from threadko.configuration import config as global_config
 from threadko.constants import (
     CALL_ID_STACK_CONTEXT_KEY, DEFAULT_MAX_WORKERS,
@@ -294,6 +295,7 @@ class ServiceContainer:
     def __init__(self, service_cls, config=None):
         self.service_cls = service_cls
         self.config = global_config if config is None else config
+        validate_config(self.config)
 
         self.service_name = get_service_name(service_cls)
         self.shared_extensions = {}
@@ -420,8 +422,9 @@ class ServiceContainer:
                        exc_info=True)
 
     def _interrupt_start(self):
-        """Make the setup and start hooks still running return, and skip
-        those not yet begun (once per start)."""
+        """Ask every extension to make its setup or start hook return
+        (once per start); :meth:`start` then skips a phase not yet
+        begun."""
         with self._lifecycle_lock:
             if self._starting is None or self._start_interrupted:
                 return

@@ -252,7 +252,7 @@ def test_refused_login_is_a_one_line_error(shell, amqp_uri):
 
 def test_unsupported_broker_uri_is_a_one_line_error(shell):
     error = _one_line_error(shell('', '--broker', 'redis://localhost'))
-    assert 'Unsupported broker URI scheme' in error
+    assert "Invalid config value AMQP_URI: 'redis://localhost'" in error
 
 
 RETRY_FOREVER = 'TRANSPORT_OPTIONS={max_retries: null}'

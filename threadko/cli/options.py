@@ -8,6 +8,7 @@ import sys
 import click
 
 from threadko.config_files import build_config_with_warnings, setup_logging
+from threadko.config_validation import validate_config
 from threadko.configuration import config as global_config
 
 _log = logging.getLogger('threadko.cli')
@@ -41,6 +42,7 @@ def load_config_for_services(config_path, defines, broker):
     setup_logging(config)
     for message in config_warnings:
         _log.warning('%s', message)
+    validate_config(config)
     return config
 
 

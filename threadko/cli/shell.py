@@ -27,12 +27,11 @@ import click
 import threadko
 from threadko.amqp.connection import CONNECTION_ERRORS
 from threadko.cli.options import config_options, load_config_for_services
-from threadko.cli.show_config import redact_secrets
 from threadko.constants import AMQP_URI_CONFIG_KEY
 from threadko.exceptions import CommandError, describe_error
 from threadko.standalone.events import event_dispatcher
 from threadko.standalone.rpc import ClusterRpcProxy
-from threadko.utils import sanitize_url
+from threadko.utils import redact_secrets, sanitize_url
 
 #: the broker of a shell whose config sets no ``AMQP_URI`` (Nameko's too)
 DEFAULT_SHELL_BROKER = 'amqp://guest:guest@localhost'

@@ -93,3 +93,40 @@ def sanitize_url(url):
         url = parts._replace(netloc='{}:{}@{}'.format(
             parts.username, REDACTED, host_info)).geturl()
     return _URL_CREDENTIALS.sub(r'\g<prefix>' + REDACTED, url)
+
+
+# keys whose string values are credentials (DB_PASSWORD, api_token,
+# SECRET_KEY, ...); numbers and booleans under them (TOKEN_TTL: 30) stay
+_SECRET_KEY = re.compile(
+    r'pass(word|wd|phrase)|secret|token|credential|api_?key|private_?key',
+    re.IGNORECASE)
+
+
+def redact_secrets(value):
+    """Return a copy of ``value`` (any structure of dicts, lists and
+    scalars) with credentials replaced by ``********``: the password of
+    every URL (also in a ``;``-separated list of URLs), and every non-empty
+    string (or list of strings) under a key named like a secret
+    (``password``, ``secret``, ``token``, ``credential``, ``api_key``,
+    ``private_key``, any case, anywhere in the name), at any depth."""
+    if isinstance(value, dict):
+        return {
+            key: (_redact_all_strings(item)
+                  if isinstance(key, str) and _SECRET_KEY.search(key)
+                  else redact_secrets(item))
+            for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_secrets(item) for item in value]
+    if isinstance(value, str) and '://' in value:
+        return sanitize_url(value)
+    return value
+
+
+def _redact_all_strings(value):
+    if isinstance(value, dict):
+        return {key: _redact_all_strings(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact_all_strings(item) for item in value]
+    if isinstance(value, str) and value:
+        return REDACTED
+    return value
