@@ -30,6 +30,7 @@ import os
 import threading
 
 from threadko.amqp.entities import Queue
+from threadko.events import EventDispatcher
 from threadko.extensions import DependencyProvider, Extension
 from threadko.messaging import consume
 from threadko.rpc import rpc
@@ -81,6 +82,12 @@ class SlowProvider(DependencyProvider):
 class Slow:
     name = 'slow'
     dep = SlowProvider()
+
+
+class Dispatching:
+    """Declares its event exchange at setup, retrying for a long time."""
+    name = 'dispatching'
+    dispatch = EventDispatcher(retry_policy={'max_retries': 1000})
 
 
 class Busy:
@@ -160,6 +167,15 @@ def test_waiting_for_a_broker_on_a_closed_port(run, unreachable_uri, variant):
     assert stop_with(process, variant) in expected(variant, False)
     assert 'during start-up' in process.output
     assert 'running services' not in process.output
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_a_declaration_retrying_at_setup(run, unreachable_uri, variant):
+    process = run('services:Dispatching', config={'AMQP_URI': unreachable_uri})
+    process.wait_for_line('Error publishing to broker')
+
+    assert stop_with(process, variant) in expected(variant, False)
+    assert 'during start-up' in process.output
 
 
 @pytest.mark.parametrize('variant', VARIANTS)
@@ -285,8 +301,19 @@ def test_while_rabbitmq_is_stopped_starting_and_reconnecting_processes_stop(
 CLIENT_SCRIPT = '''
 import sys
 
+from threadko.rpc import rpc
+from threadko.runners import run_services
 from threadko.standalone.events import event_dispatcher
 from threadko.standalone.rpc import ClusterRpcProxy, ServiceRpcProxy
+
+
+class Plain:
+    name = 'plain'
+
+    @rpc
+    def ping(self):
+        return 'pong'
+
 
 kind, uri = sys.argv[1:]
 config = {'AMQP_URI': uri, 'TRANSPORT_OPTIONS': {'max_retries': None}}
@@ -294,6 +321,9 @@ if kind == 'ClusterRpcProxy':
     ClusterRpcProxy(config).start()
 elif kind == 'ServiceRpcProxy':
     ServiceRpcProxy('other', config).start()
+elif kind == 'run_services':
+    with run_services(config, Plain):
+        pass
 else:
     dispatch = event_dispatcher(config, retry_policy={'max_retries': None})
     dispatch('source', 'happened', {})
@@ -304,8 +334,9 @@ else:
     ('ClusterRpcProxy', 'Error connecting to broker'),
     ('ServiceRpcProxy', 'Error connecting to broker'),
     ('event_dispatcher', 'Error publishing to broker'),
+    ('run_services', 'Error connecting to broker'),
 ])
-def test_ctrl_c_ends_a_script_whose_client_waits_for_the_broker(
+def test_ctrl_c_ends_a_script_waiting_for_the_broker(
         tmp_path, unreachable_uri, kind, waiting):
     script = tmp_path / 'client.py'
     script.write_text(CLIENT_SCRIPT)
