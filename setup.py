@@ -22,6 +22,9 @@ setup(
     ],
     extras_require={
         'test': [
+            # tests/test_fork.py serves a Flask app under gunicorn --preload
+            'flask>=2.0',
+            'gunicorn>=20.0',
             'matplotlib>=3.5',  # tests/test_bench_report.py draws the chart
             'myst-parser>=0.18',  # docs/*.md in the Sphinx build
             # the shop example on MariaDB (tests/test_shop_example.py); builds

@@ -5,6 +5,7 @@ The serialised shape is Nameko's (``exc_type``, ``exc_path``, ``exc_args``,
 """
 
 import inspect
+import os
 from collections.abc import Iterable
 
 import pika.exceptions
@@ -283,3 +284,31 @@ _NAMEKO_NAMES = frozenset([
 for _exc_type in (MalformedRequest, MethodNotFound, IncorrectSignature):
     registry['nameko.exceptions.{}'.format(_exc_type.__name__)] = _exc_type
 del _exc_type
+
+
+class ForkedClientError(ThreadkoException, RuntimeError):
+    """A call through an RPC proxy of a service container that was started
+    in another process, which this one was forked from.
+
+    The container's reply queue is consumed in that process, so the call
+    could never get its reply; it fails at once instead. Start the services
+    in the child process (in gunicorn's ``post_fork`` hook, or with
+    uWSGI's ``lazy-apps``), or call through a standalone
+    :class:`~threadko.standalone.rpc.ClusterRpcProxy`, which reconnects in a
+    forked child.
+    """
+
+    def __init__(self, pid):
+        #: the process the container was started in
+        self.pid = pid
+        super().__init__(pid)
+        self._message = (
+            'This RPC proxy belongs to a service container started in '
+            'process {} before this process (pid {}) was forked from it; '
+            'its replies go to that process. Start services in the child '
+            "process (e.g. in gunicorn's post_fork hook, or with uWSGI's "
+            'lazy-apps), or call through a standalone ClusterRpcProxy.'
+            .format(pid, os.getpid()))
+
+    def __str__(self):
+        return self._message

@@ -16,6 +16,7 @@ number of workers may wait at once.
 """
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -31,14 +32,16 @@ from threadko.constants import (
     DEFAULT_SERIALIZER, RPC_EXCHANGE_CONFIG_KEY,
 )
 from threadko.exceptions import (
-    BrokerRefused, ContainerBeingKilled, IncorrectSignature, MalformedRequest,
-    MethodNotFound, RpcTimeout, UndeliverableMessage, UnknownService,
-    UnserializableValueError, deserialize, serialize,
+    BrokerRefused, ContainerBeingKilled, ForkedClientError,
+    IncorrectSignature, MalformedRequest, MethodNotFound, RpcTimeout,
+    UndeliverableMessage, UnknownService, UnserializableValueError,
+    deserialize, serialize,
 )
 from threadko.extensions import (
     DependencyProvider, Entrypoint, ProviderCollector, SharedExtension,
 )
 from threadko.messaging import HeaderDecoder
+from threadko.utils import fork
 from threadko import serialization
 
 _log = logging.getLogger(__name__)
@@ -509,6 +512,10 @@ class RpcClient:
 
     #: raised by calls once the owner has stopped
     closed_error = None
+    #: set in a process forked from the one that made the client: its
+    #: replies go to the parent's reply queue, so the next call runs
+    #: :meth:`on_fork` first
+    forked = False
 
     def __init__(self, publisher, exchange_name, registry, reply_to,
                  timeout=None, get_loop_publisher=None):
@@ -518,6 +525,20 @@ class RpcClient:
         self.reply_to = reply_to
         self.timeout = timeout
         self.get_loop_publisher = get_loop_publisher or (lambda: None)
+        self._pid = os.getpid()
+        fork.register(self)
+
+    def _after_fork_in_child(self):
+        self.forked = True
+
+    def on_fork(self):
+        """Called by the first call made in a forked child (see
+        :attr:`forked`); an owner that can reconnect replaces it. By
+        default the client cannot be used there.
+
+        :raises ForkedClientError: always
+        """
+        raise ForkedClientError(self._pid)
 
     def call_async(self, service_name, method_name, args, kwargs,
                    context_data):
@@ -542,6 +563,8 @@ class RpcClient:
               wait_for_confirm):
         if self.closed_error is not None:
             raise self.closed_error
+        if self.forked:
+            self.on_fork()
         correlation_id = str(uuid.uuid4())
         outgoing = self.publisher.prepare(
             {'args': args, 'kwargs': kwargs},

@@ -21,7 +21,7 @@ from threadko.constants import (
     TRANSPORT_OPTIONS_CONFIG_KEY,
 )
 from threadko.exceptions import ConfigurationError
-from threadko.utils import sanitize_url
+from threadko.utils import fork, sanitize_url
 
 _log = logging.getLogger(__name__)
 
@@ -144,6 +144,19 @@ def _credentials(address, login_method):
         'EXTERNAL'.format(login_method))
 
 
+def _close_socket_in_child(connection):
+    """A forked child drops its copy of the connection's socket (see
+    :func:`threadko.utils.fork.close_in_child`)."""
+    # pika 1.x internals: BlockingConnection._impl is the SelectConnection,
+    # its _transport (an _AsyncTransportBase) holds the socket in _sock; if
+    # a pika version lays them out otherwise, the child keeps the socket
+    transport = getattr(getattr(connection, '_impl', None), '_transport',
+                        None)
+    sock = getattr(transport, '_sock', None)
+    if sock is not None:
+        fork.close_in_child(sock)
+
+
 class Connector:
     """Makes broker connections from a config.
 
@@ -221,8 +234,11 @@ class Connector:
             from threadko.amqp import memory
             return memory.connect(self.memory_vhost)
         if len(self.parameters) == 1:
-            return pika.BlockingConnection(self.parameters[0])
-        return pika.BlockingConnection(self.parameters)
+            connection = pika.BlockingConnection(self.parameters[0])
+        else:
+            connection = pika.BlockingConnection(self.parameters)
+        _close_socket_in_child(connection)
+        return connection
 
     def __repr__(self):
         return '<Connector {}>'.format(self.safe_uri)

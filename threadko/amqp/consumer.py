@@ -30,6 +30,7 @@ from threadko.amqp.publish import DECOMPRESSORS
 from threadko.constants import DEFAULT_HEARTBEAT, HEARTBEAT_CONFIG_KEY
 from threadko.exceptions import ConfigurationError, describe_error
 from threadko.extensions import ProviderCollector, SharedExtension
+from threadko.utils import fork
 from threadko import serialization
 
 _log = logging.getLogger(__name__)
@@ -200,6 +201,10 @@ class ConsumerLoop:
     first successful connection that ends the loop and :meth:`wait_ready`
     raises :class:`ConfigurationError`; later it propagates from
     :meth:`run`.
+
+    In a process forked from the loop's, the loop has no connection (its
+    thread and connection stayed in the parent): :meth:`call_soon` returns
+    False there.
     """
 
     def __init__(self, connector, on_connect, description,
@@ -215,6 +220,12 @@ class ConsumerLoop:
         self._stopping = threading.Event()
         self._drain_deadline = None  # see stop()
         self._ready = _Ready()
+        self._waiters = set()
+        self._waiters_lock = threading.Lock()
+        fork.register(self)
+
+    def _after_fork_in_child(self):
+        self.connection = None  # the parent's
         self._waiters = set()
         self._waiters_lock = threading.Lock()
 

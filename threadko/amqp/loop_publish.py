@@ -38,6 +38,7 @@ import pika.exceptions
 
 from threadko.amqp.connection import CONNECTION_ERRORS
 from threadko.exceptions import BrokerRefused, UndeliverableMessage
+from threadko.utils import fork
 
 _log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class LoopPublisher:
 
     The loop calls :meth:`attach` with each new connection and
     :meth:`detach` when it is lost or closed, both on its own thread.
+    In a process forked from the loop's, it is detached (the loop's thread
+    and connection stayed in the parent).
     """
 
     def __init__(self, loop):
@@ -64,6 +67,19 @@ class LoopPublisher:
         self._connection = None
         self._channel = None
         self._waker = None
+        fork.register(self)
+
+    def _after_fork_in_child(self):
+        self._lock = threading.Lock()
+        self._attached = False
+        self._wake_scheduled = False
+        self._outbox = deque()
+        self._callbacks = deque()
+        self._connection = None
+        self._channel = None
+        waker, self._waker = self._waker, None
+        if waker is not None:
+            waker.close_in_child()
 
     # -- any thread ----------------------------------------------------------
 
@@ -237,6 +253,16 @@ class _Waker:
             pass
         os.close(self._read_fd)
         os.close(self._write_fd)
+
+    def close_in_child(self):
+        """In a forked child: close the child's copies of the pipe. The I/O
+        loop is left alone: its poller (epoll) is shared with the parent,
+        so unregistering from it would unregister the parent's pipe."""
+        for fd in (self._read_fd, self._write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 class _Outgoing:

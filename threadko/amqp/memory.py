@@ -23,6 +23,13 @@ Threads
     :meth:`MemoryConnection.add_callback_threadsafe` is the only method other
     threads may call.
 
+Processes
+    The broker lives inside one process. In a process forked from it
+    (``gunicorn --preload``, :mod:`multiprocessing`), every vhost starts
+    empty: the child's clients reach only the child's own services (an RPC
+    call to a service of the parent raises ``UnknownService``), and the
+    connections inherited from the parent are closed.
+
 Supported
     Exchanges ``direct``, ``topic``, ``fanout`` and ``headers`` (``x-match``
     ``all``/``any``/``all-with-x``/``any-with-x``), the default exchange and
@@ -83,6 +90,8 @@ from pika.exceptions import (
     ConnectionClosedByBroker, ConnectionClosedByClient,
     ConnectionWrongStateError, DuplicateConsumerTag, UnroutableError)
 from pika.frame import Method
+
+from threadko.utils import fork
 
 __all__ = [
     'Broker', 'MemoryChannel', 'MemoryConnection', 'connect', 'delete_vhost',
@@ -458,12 +467,28 @@ class Broker:
     def __init__(self, vhost='/'):
         self.vhost = vhost
         self._lock = threading.RLock()
+        self._clear()
+
+    def _clear(self):
         self._exchanges: Dict[str, Exchange] = {
             '': Exchange('', 'direct', durable=True)}
         for name, exchange_type in _STANDARD_EXCHANGES:
             self._exchanges[name] = Exchange(name, exchange_type, durable=True)
         self._queues: Dict[str, Queue] = {}
         self._connections: List['MemoryConnection'] = []
+
+    def _reset_after_fork(self):
+        """In a forked child: start empty, with a new lock (the old one
+        may be held by a thread that stayed in the parent). The inherited
+        connections are closed, without running anything of theirs."""
+        self._lock = threading.RLock()
+        reason = ConnectionClosedByBroker(
+            spec.CONNECTION_FORCED,
+            'CONNECTION_FORCED - the process was forked; this connection '
+            'belongs to the parent process')
+        for connection in self._connections:
+            connection._forget_after_fork(reason)
+        self._clear()
 
     def __repr__(self):
         return '<Broker vhost={!r}>'.format(self.vhost)
@@ -1048,6 +1073,16 @@ class MemoryConnection:
             self._inbox.clear()
             self._cond.notify_all()
 
+    def _forget_after_fork(self, reason):
+        # in a forked child, from Broker._reset_after_fork: new lock, no
+        # callbacks run; every later use raises
+        self._cond = threading.Condition()
+        self._inbox = collections.deque()
+        for channel in self._channels.values():
+            channel._close_reason = reason
+        self._channels = {}
+        self._close_reason = reason
+
 
 class MemoryChannel:
     """An in-process stand-in for pika's ``BlockingChannel``.
@@ -1488,16 +1523,34 @@ class MemoryChannel:
 
 # -- vhosts -----------------------------------------------------------------
 
-_brokers: Dict[str, Broker] = {}
-_brokers_lock = threading.Lock()
+class _Vhosts:
+    """The brokers of this process, by vhost.
+
+    The broker lives in one process: in a process forked from it, every
+    broker starts empty (a child's clients reach only the child's
+    services), and the connections inherited from the parent are closed.
+    """
+
+    def __init__(self):
+        self.brokers: Dict[str, Broker] = {}
+        self.lock = threading.Lock()
+        fork.register(self)
+
+    def _after_fork_in_child(self):
+        self.lock = threading.Lock()
+        for broker in self.brokers.values():
+            broker._reset_after_fork()
+
+
+_vhosts = _Vhosts()
 
 
 def get_broker(vhost: str = '/') -> Broker:
     """The broker of ``vhost``, created on first use."""
-    with _brokers_lock:
-        broker = _brokers.get(vhost)
+    with _vhosts.lock:
+        broker = _vhosts.brokers.get(vhost)
         if broker is None:
-            broker = _brokers[vhost] = Broker(vhost)
+            broker = _vhosts.brokers[vhost] = Broker(vhost)
         return broker
 
 
@@ -1511,8 +1564,8 @@ def delete_vhost(vhost: str):
     """Close every connection of ``vhost`` (as
     :meth:`Broker.close_all_connections`) and forget all its state. A later
     :func:`connect` starts from an empty vhost. Unknown vhosts are ignored."""
-    with _brokers_lock:
-        broker = _brokers.pop(vhost, None)
+    with _vhosts.lock:
+        broker = _vhosts.brokers.pop(vhost, None)
     if broker is not None:
         broker.close_all_connections(
             "CONNECTION_FORCED - vhost '{}' is deleted".format(vhost))

@@ -28,6 +28,7 @@ from threadko.exceptions import (
     BrokerRefused, BrokerUnavailable, UndeliverableMessage,
 )
 from threadko.extensions import SharedExtension
+from threadko.utils import fork
 from threadko import serialization
 
 _log = logging.getLogger(__name__)
@@ -91,6 +92,9 @@ class ProducerPool:
     heartbeat while idle, like Nameko's publisher connections; a connection
     the broker dropped is noticed on its next use and replaced.
 
+    In a process forked from the one that made it, the pool starts empty
+    and opens connections of its own.
+
     :param connector: a :class:`~threadko.amqp.connection.Connector`
     """
 
@@ -101,6 +105,15 @@ class ProducerPool:
         # notified by close(): ends the waits between retries
         self._closed = threading.Condition(self._lock)
         self._generation = 0
+        fork.register(self)
+
+    def _after_fork_in_child(self):
+        self._lock = threading.Lock()
+        self._closed = threading.Condition(self._lock)
+        # the parent's connections: not closed here (that would speak on
+        # the parent's sockets), their sockets are closed already
+        self._idle = {True: [], False: []}
+        self._generation += 1
 
     def _checkout(self, use_confirms):
         """Return ``(producer, reused, generation)``."""

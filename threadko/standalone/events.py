@@ -12,7 +12,8 @@ Until then, dispatching raises :class:`~threadko.exceptions.BrokerRefused`
 (404).
 
 ``dispatch`` is thread-safe. Its connections stay open for reuse;
-``dispatch.close()`` closes them.
+``dispatch.close()`` closes them. In a process forked after it was used
+(``gunicorn --preload``), it opens connections of its own.
 """
 
 from threadko.amqp.connection import Connector

@@ -14,6 +14,7 @@ import logging
 import threading
 import uuid
 from collections import deque
+from functools import partial
 
 import pika.exceptions
 
@@ -33,6 +34,7 @@ from threadko.rpc import (
     ServiceProxy, get_rpc_exchange, reply_queue,
 )
 from threadko.standalone import client_config
+from threadko.utils import fork
 from threadko import serialization
 
 _log = logging.getLogger(__name__)
@@ -41,7 +43,13 @@ STANDALONE_SERVICE_NAME = 'standalone_rpc_proxy'
 
 
 class _ClientBase:
-    """Shared by the cluster and single-service clients."""
+    """Shared by the cluster and single-service clients.
+
+    In a process forked from the one that started it, a client's consumer
+    thread and connections stayed in the parent: the first call there (or
+    :meth:`start`) connects again, with a new reply queue, and the proxies
+    handed out before the fork keep working.
+    """
 
     def __init__(self, config=None, context_data=None, timeout=None,
                  **options):
@@ -55,6 +63,14 @@ class _ClientBase:
         self._lock = threading.Lock()
         self._thread = None
         self._client = None
+        # whether the consumer thread was started in this process (not in
+        # a parent this one was forked from)
+        self._launched_here = False
+        fork.register(self)
+
+    def _after_fork_in_child(self):
+        self._lock = threading.Lock()
+        self._launched_here = False
 
     def start(self):
         """Connect, declare the reply queue and start its consumer thread;
@@ -68,22 +84,60 @@ class _ClientBase:
         with self._lock:
             if self._thread is None:
                 self._start()
-            thread = self._thread
+            client = self._client
+        self._connect(client, on_failure=self._stop)
+        return self._make_proxy()
+
+    def _connect(self, client, on_failure):
+        """Return once ``client``'s reply queue is consumed; in a forked
+        child, start a consumer thread of this process's own first (once,
+        however many threads race to it). If connecting fails,
+        ``on_failure()`` (under the lock) and raise."""
+        while True:
+            with self._lock:
+                if client.closed_error is not None:
+                    raise client.closed_error  # stopped meanwhile
+                if not self._launched_here:
+                    self._launch()  # forked: the thread is the parent's
+                thread, loop = self._thread, self._loop
+            self._wait_connected(thread, loop, on_failure)
+            with self._lock:
+                if self._loop is loop and self._launched_here:
+                    client.forked = False
+                    return
+            # another caller gave up on that connection: try again
+
+    def _wait_connected(self, thread, loop, on_failure):
+        """Wait until ``loop`` consumes the reply queue; if that fails,
+        ``on_failure()`` (under the lock) and raise."""
         # not under the lock: stop() may end the wait
         try:
-            self._loop.wait_ready()
+            loop.wait_ready()
         except BaseException:  # KeyboardInterrupt too
             with self._lock:
-                if self._thread is thread:
-                    self._stop()
+                if self._thread is thread and self._loop is loop:
+                    on_failure()
             raise
         with self._lock:
             if self._thread is not thread:
                 raise RpcClientStopped(
                     'This RPC client was stopped while it was connecting')
-            return self._make_proxy()
 
     def _start(self):
+        """A fresh start: a new :class:`RpcClient` (proxies of an earlier
+        start stay stopped), connected by :meth:`_launch`."""
+        self._client = RpcClient(None, None, None, None, timeout=self.timeout)
+        self._client.on_fork = partial(self._restart_after_fork, self._client)
+        # one call id per client, as Nameko 2 standalone proxies have
+        self._call_id = '{}.call.{}'.format(
+            STANDALONE_SERVICE_NAME, uuid.uuid4())
+        self._launch()
+
+    def _launch(self):
+        """Under the lock: a new reply queue, consumer loop, publisher pool
+        and consumer thread, and point the client (which the proxies hold)
+        at them. In a forked child, those inherited from the parent are
+        dropped without being stopped: they are the parent's."""
         config = self.config
         serializer, accept = serialization.setup(config)
         self._accept = serialization.accepted_content_types(accept)
@@ -93,7 +147,7 @@ class _ClientBase:
         self._queue = reply_queue(
             exchange, STANDALONE_SERVICE_NAME, reply_key)
         self._connected_before = False
-        self._loop = ConsumerLoop(
+        loop = self._loop = ConsumerLoop(
             Connector(config, heartbeat=config.get(
                 HEARTBEAT_CONFIG_KEY, DEFAULT_HEARTBEAT)),
             self._on_connect, 'RPC client', give_up_first_connect=True)
@@ -102,19 +156,33 @@ class _ClientBase:
 
         options = dict(self.publisher_options)
         options.setdefault('serializer', serializer)
-        loop = self._loop
-        self._client = RpcClient(
-            Publisher(self._pool, **options), exchange.name,
-            self._registry, reply_key, timeout=self.timeout,
-            get_loop_publisher=lambda: loop.publisher)
+        client = self._client
+        client.publisher = Publisher(self._pool, **options)
+        client.exchange_name = exchange.name
+        client.registry = self._registry
+        client.reply_to = reply_key
+        client.get_loop_publisher = lambda: loop.publisher
 
-        # one call id per client, as Nameko 2 standalone proxies have
-        self._call_id = '{}.call.{}'.format(
-            STANDALONE_SERVICE_NAME, uuid.uuid4())
         self._thread = threading.Thread(
-            target=self._loop.run, daemon=True,
+            target=loop.run, daemon=True,
             name='threadko-rpc-client-{}'.format(reply_key[:8]))
         self._thread.start()
+        self._launched_here = True
+
+    def _restart_after_fork(self, client):
+        """``client.on_fork``: the first call in a forked child connects
+        again, with a new reply queue."""
+        self._connect(client, on_failure=self._abandon_launch)
+
+    def _abandon_launch(self):
+        """Under the lock: the first connection after a fork failed. Stop
+        that loop (it is this process's own); the next call tries again."""
+        if not self._launched_here:
+            return  # done by another caller already
+        self._launched_here = False
+        self._loop.stop()
+        self._thread.join()
+        self._pool.close()
 
     def stop(self):
         """Stop the consumer thread and close the connections. Calls still
@@ -129,11 +197,15 @@ class _ClientBase:
         self._client.closed_error = RpcClientStopped(
             'This RPC client has been stopped, and can no longer be used; '
             'start it again or make a new one')
-        self._loop.stop()
-        self._thread.join()
+        if self._launched_here:
+            self._loop.stop()
+            self._thread.join()
+            self._pool.close()
+            self._registry.fail_all(self._client.closed_error)
+        # else forked, not reconnected: the loop, its thread and the
+        # calls waiting for replies are the parent's; nothing to stop here
         self._thread = None
-        self._pool.close()
-        self._registry.fail_all(self._client.closed_error)
+        self._launched_here = False
 
     def __enter__(self):
         return self.start()

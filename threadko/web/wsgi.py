@@ -24,6 +24,7 @@ import threading
 from threadko.configuration import config as global_config
 from threadko.constants import WEB_SERVER_CONFIG_KEY
 from threadko.runners import ServiceRunner
+from threadko.utils import fork
 from threadko.web.handlers import HttpRequestHandler
 from threadko.web.server import (
     DEFAULT_MAX_REQUEST_BODY_SIZE, MAX_REQUEST_BODY_SIZE_CONFIG_KEY, Router,
@@ -57,6 +58,12 @@ class ServiceApp:
     """Services running in this WSGI process, and the WSGI application
     serving their ``@http`` routes.
 
+    In a process forked from one where the services were started (a
+    server that forks its workers after loading the application, such as
+    ``gunicorn --preload``), the first request (or :meth:`start`) starts a
+    new set of the services in that process; those of the parent go on
+    running there, and are neither stopped nor used by the child.
+
     :param services: service classes
     :param config: config dict; default: the global :data:`threadko.config`.
         ``WEB_SERVER_ADDRESS`` defaults to ``None`` here (no listening
@@ -68,24 +75,48 @@ class ServiceApp:
         config = dict(global_config if config is None else config)
         config.setdefault(WEB_SERVER_CONFIG_KEY, None)
         self.config = config
-        self.runner = ServiceRunner(config)
-        for service_cls in services:
-            self.runner.add_service(service_cls)
+        self.services = list(services)
         self.stop_at_exit = stop_at_exit
-        self._router = wsgi_app(self.runner, max_request_body_size=config.get(
-            MAX_REQUEST_BODY_SIZE_CONFIG_KEY, DEFAULT_MAX_REQUEST_BODY_SIZE))
         self._lock = threading.Lock()
         self._started = False
+        # set in a forked child: the runner is the parent's
+        self._forked = False
+        self._make_runner()
+        fork.register(self)
+
+    def _make_runner(self):
+        self.runner = ServiceRunner(self.config)
+        for service_cls in self.services:
+            self.runner.add_service(service_cls)
+        self._router = wsgi_app(self.runner, max_request_body_size=(
+            self.config.get(MAX_REQUEST_BODY_SIZE_CONFIG_KEY,
+                            DEFAULT_MAX_REQUEST_BODY_SIZE)))
+
+    def _after_fork_in_child(self):
+        self._lock = threading.Lock()
+        self._forked = True
+
+    def _forget_inherited(self):
+        """Under the lock, in a forked child: leave the parent's runner
+        alone (its threads and connections are the parent's) and make a
+        new one, not started."""
+        if self._started and self.stop_at_exit:
+            atexit.unregister(self.stop)
+        self._started = False
+        self._make_runner()
+        self._forked = False
 
     @property
     def started(self):
-        return self._started
+        return self._started and not self._forked
 
     def start(self):
         """Start the services (once; later calls return at once)."""
-        if self._started:
+        if self._started and not self._forked:
             return
         with self._lock:
+            if self._forked:
+                self._forget_inherited()
             if self._started:
                 return
             self.runner.start()
@@ -95,8 +126,11 @@ class ServiceApp:
 
     def stop(self):
         """Stop the services gracefully: requests in flight finish. The
-        app can be started again."""
+        app can be started again. In a forked child whose services were
+        not started there, it only forgets the parent's."""
         with self._lock:
+            if self._forked:
+                self._forget_inherited()
             if not self._started:
                 return
             self._started = False
@@ -105,7 +139,7 @@ class ServiceApp:
             self.runner.stop()
 
     def __call__(self, environ, start_response):
-        if not self._started:
+        if not self._started or self._forked:
             self.start()
         return self._router(environ, start_response)
 
