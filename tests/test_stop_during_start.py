@@ -1,5 +1,5 @@
-"""Stopping or killing from another thread while a container, a runner or
-a standalone client is still starting: the start is interrupted, the stop
+"""Stopping or killing from another thread while a container, a runner, a
+``ServiceApp`` or a standalone client is still starting: the start is interrupted, the stop
 returns promptly, and no thread is left behind.
 
 The broker these tests cannot reach is a loopback port that refuses
@@ -20,6 +20,7 @@ from threadko.extensions import DependencyProvider, Extension
 from threadko.rpc import rpc
 from threadko.runners import ServiceRunner
 from threadko.standalone.rpc import ClusterRpcProxy
+from threadko.web.wsgi import ServiceApp
 
 # a stop that interrupts a start returns well within this; the retries it
 # interrupts would take longer (the consumer's forever)
@@ -308,4 +309,18 @@ def test_stopping_an_rpc_client_that_connects_ends_its_start(
     assert timed(client.stop) < PROMPTLY
     starter.join()
     assert isinstance(starter.error, RpcClientStopped)
+    assert threadko_threads() == []
+
+
+def test_stopping_a_service_app_that_waits_for_the_broker(
+        unreachable_config):
+    app = ServiceApp([Consuming], unreachable_config)
+    with LogWatcher('Error connecting to broker') as connecting:
+        starter = Starter(app)
+        connecting.wait()
+
+    assert timed(app.stop) < PROMPTLY
+    starter.join()
+    assert starter.error is None
+    assert not app.started
     assert threadko_threads() == []

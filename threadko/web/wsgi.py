@@ -77,10 +77,15 @@ class ServiceApp:
         self.config = config
         self.services = list(services)
         self.stop_at_exit = stop_at_exit
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one start() or stop() at a time
         self._started = False
         # set in a forked child: the runner is the parent's
         self._forked = False
+        # how stop() interrupts a start() that holds the lock: never held
+        # while starting
+        self._handshake = threading.Lock()
+        self._starting = None  # the runner start() is starting
+        self._stop_wanted = False
         self._make_runner()
         fork.register(self)
 
@@ -94,6 +99,9 @@ class ServiceApp:
 
     def _after_fork_in_child(self):
         self._lock = threading.Lock()
+        self._handshake = threading.Lock()
+        self._starting = None
+        self._stop_wanted = False
         self._forked = True
 
     def _forget_inherited(self):
@@ -111,7 +119,9 @@ class ServiceApp:
         return self._started and not self._forked
 
     def start(self):
-        """Start the services (once; later calls return at once)."""
+        """Start the services (once; later calls return at once). A
+        :meth:`stop` while this waits (for the broker, say) interrupts
+        it."""
         if self._started and not self._forked:
             return
         with self._lock:
@@ -119,24 +129,48 @@ class ServiceApp:
                 self._forget_inherited()
             if self._started:
                 return
-            self.runner.start()
+            runner = self.runner
+            with self._handshake:
+                if self._stop_wanted:
+                    return  # a stop() waits for the lock
+                self._starting = runner
+            try:
+                runner.start()
+            finally:
+                with self._handshake:
+                    self._starting = None
+                    interrupted = self._stop_wanted
+            if interrupted:
+                # stop() stopped this runner; a later start() gets new ones
+                self._make_runner()
+                return
             if self.stop_at_exit:
                 atexit.register(self.stop)
             self._started = True
 
     def stop(self):
         """Stop the services gracefully: requests in flight finish. The
-        app can be started again. In a forked child whose services were
-        not started there, it only forgets the parent's."""
-        with self._lock:
-            if self._forked:
-                self._forget_inherited()
-            if not self._started:
-                return
-            self._started = False
-            if self.stop_at_exit:
-                atexit.unregister(self.stop)
-            self.runner.stop()
+        app can be started again. A start in progress is interrupted. In a
+        forked child whose services were not started there, it only
+        forgets the parent's."""
+        with self._handshake:
+            self._stop_wanted = True
+            starting = self._starting
+        try:
+            if starting is not None:
+                starting.stop()  # start() holds the lock until this
+            with self._lock:
+                if self._forked:
+                    self._forget_inherited()
+                if not self._started:
+                    return
+                self._started = False
+                if self.stop_at_exit:
+                    atexit.unregister(self.stop)
+                self.runner.stop()
+        finally:
+            with self._handshake:
+                self._stop_wanted = False
 
     def __call__(self, environ, start_response):
         if not self._started or self._forked:
