@@ -77,6 +77,15 @@ class Starter:
         assert not self.thread.is_alive(), 'start() never returned'
 
 
+def start_until_logged(target, text):
+    """A :class:`Starter` of ``target``, once threadko logged ``text``
+    (that it waits for the broker, say)."""
+    with LogWatcher(text) as logged:
+        starter = Starter(target)
+        logged.wait()
+    return starter
+
+
 def threadko_threads():
     return sorted(t.name for t in threading.enumerate()
                   if t.name.startswith('threadko-'))
@@ -107,9 +116,7 @@ def container(unreachable_config):
 @pytest.mark.parametrize('how', ['stop', 'kill'])
 def test_a_container_waiting_for_the_broker_stops_at_once(container, how):
     service = container(Consuming)
-    with LogWatcher('Error connecting to broker') as connecting:
-        starter = Starter(service)
-        connecting.wait()
+    starter = start_until_logged(service, 'Error connecting to broker')
 
     assert timed(getattr(service, how)) < PROMPTLY
     starter.join()
@@ -123,9 +130,7 @@ def test_a_stop_interrupts_a_declaration_retrying_at_setup(container):
     # EventDispatcher declares its exchange in setup(); with the broker
     # away it retries per its retry policy (here 100 times)
     service = container(Dispatching)
-    with LogWatcher('Error publishing to broker') as retrying:
-        starter = Starter(service)
-        retrying.wait()
+    starter = start_until_logged(service, 'Error publishing to broker')
 
     assert timed(service.stop) < PROMPTLY
     starter.join()
@@ -271,10 +276,8 @@ def test_a_runner_stops_every_container_that_waits_for_the_broker(
     runner.add_service(Consuming)
     runner.add_service(Dispatching)
     runner.add_service(slow_service(record))
-    with LogWatcher('Error connecting to broker') as connecting:
-        starter = Starter(runner)
-        connecting.wait()
-        record.wait_for('start begins')
+    starter = start_until_logged(runner, 'Error connecting to broker')
+    record.wait_for('start begins')
 
     assert timed(getattr(runner, how)) < PROMPTLY
     starter.join()
@@ -302,9 +305,7 @@ def test_stopping_an_rpc_client_that_connects_ends_its_start(
                   TRANSPORT_OPTIONS={'max_retries': None,
                                      'interval_start': 0.2})
     client = ClusterRpcProxy(config)
-    with LogWatcher('Error connecting to broker') as connecting:
-        starter = Starter(client)
-        connecting.wait()
+    starter = start_until_logged(client, 'Error connecting to broker')
 
     assert timed(client.stop) < PROMPTLY
     starter.join()
@@ -315,9 +316,7 @@ def test_stopping_an_rpc_client_that_connects_ends_its_start(
 def test_stopping_a_service_app_that_waits_for_the_broker(
         unreachable_config):
     app = ServiceApp([Consuming], unreachable_config)
-    with LogWatcher('Error connecting to broker') as connecting:
-        starter = Starter(app)
-        connecting.wait()
+    starter = start_until_logged(app, 'Error connecting to broker')
 
     assert timed(app.stop) < PROMPTLY
     starter.join()
