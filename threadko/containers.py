@@ -749,9 +749,14 @@ class ServiceContainer:
 
             if self._being_killed:
                 # the worker was abandoned by kill(): its result must not
-                # reach the caller, and providers are already killed
+                # reach the caller (no handle_result, no worker_result);
+                # worker_teardown still runs, here on the worker's own
+                # thread, so that what the providers lent this worker (a
+                # database session, say) goes back
                 _log.debug('discarding result of %s: container was killed',
                            worker_ctx)
+                del exc_info
+                self._teardown_abandoned(worker_ctx)
                 return
 
             if handle_result is not None:
@@ -768,6 +773,14 @@ class ServiceContainer:
                 # break the traceback -> frame -> exc_info cycle now
                 del exc_info
                 self._worker_teardown(worker_ctx)
+
+    def _teardown_abandoned(self, worker_ctx):
+        try:
+            self._worker_teardown(worker_ctx)
+        except Exception:
+            # the providers are killed already: nothing to report to
+            _log.debug('worker_teardown of abandoned %s failed', worker_ctx,
+                       exc_info=True)
 
     def _inject_dependencies(self, worker_ctx):
         for provider in self.dependencies:
