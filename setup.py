@@ -21,6 +21,7 @@ setup(
         'werkzeug>=2.0',
     ],
     extras_require={
+        'sqlalchemy': ['SQLAlchemy>=1.4'],
         'test': [
             # tests/test_fork.py serves a Flask app under gunicorn --preload
             'flask>=2.0',
@@ -30,9 +31,12 @@ setup(
             # the shop example on MariaDB (tests/test_shop_example.py); builds
             # against libmariadb-dev, which scripts/bootstrap test installs
             'mysqlclient>=2.0',
+            # threadko.sqlalchemy on PostgreSQL
+            'psycopg2-binary>=2.9',
             'pytest>=7.0',
             'pytest-timeout>=2.0',
             'sphinx>=5.0',
+            'SQLAlchemy>=1.4',
         ],
         # scripts/bench: the chart, and the drivers of the blocking_db scenario
         # (mysqlclient builds against libmariadb-dev, found by pkg-config)
@@ -52,7 +56,10 @@ setup(
     },
     entry_points={
         'console_scripts': ['threadko=threadko.cli.main:main'],
-        'pytest11': ['threadko=threadko.testing.pytest'],
+        'pytest11': [
+            'threadko=threadko.testing.pytest',
+            'threadko_sqlalchemy=threadko.testing.sqlalchemy_fixtures',
+        ],
     },
     classifiers=[
         'Programming Language :: Python :: 3',

@@ -106,6 +106,10 @@ INVALID = [
     ('START_TIMEOUT', [30], 'a number of seconds'),
     ('LOGGING', 'DEBUG', 'dictConfig mapping'),
     ('LOGGING', [{'version': 1}], 'dictConfig mapping'),
+    ('DB_URIS', 'sqlite://', 'to database URIs'),
+    ('DB_URIS', {'svc:Base': 5}, "DB_URIS['svc:Base']: 5"),
+    ('DB_ENGINE_OPTIONS', {'svc:Base': 5}, 'a mapping of options'),
+    ('DB_SESSION_OPTIONS', ['svc:Base'], 'sessionmaker() options'),
 ]
 
 #: (key, value): what works today, and what the documentation promises
@@ -183,6 +187,9 @@ VALID = [
     ('START_TIMEOUT', float('inf')),
     ('LOGGING', None),
     ('LOGGING', {'version': 1}),
+    ('DB_URIS', {'svc:Base': 'postgresql://u:p@host/{0[service_name]}'}),
+    ('DB_ENGINE_OPTIONS', {'svc:Base': {'pool_size': 3}}),
+    ('DB_SESSION_OPTIONS', {'svc:Base': {'expire_on_commit': False}}),
 ]
 
 

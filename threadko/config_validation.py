@@ -442,4 +442,16 @@ CHECKS = {
     LOGGING_CONFIG_KEY: optional(
         mapping('a logging.config.dictConfig mapping'),
         'logs INFO and above to stderr'),
+    # threadko.sqlalchemy's (its module imports SQLAlchemy)
+    'DB_URIS': optional(mapping(
+        "a mapping of '<service name>:<declarative base name>' to database "
+        'URIs', values=string), 'means none'),
+    'DB_ENGINE_OPTIONS': optional(mapping(
+        "a mapping of '<service name>:<declarative base name>' to "
+        'create_engine() options', values=mapping('a mapping of options')),
+        'means none'),
+    'DB_SESSION_OPTIONS': optional(mapping(
+        "a mapping of '<service name>:<declarative base name>' to "
+        'sessionmaker() options', values=mapping('a mapping of options')),
+        'means none'),
 }
