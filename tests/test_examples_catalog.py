@@ -786,6 +786,23 @@ services.stop()
 
 # docs/amqp.rst
 
+def test_sqlalchemy_notes_service_keeps_notes_in_a_database(
+        container_factory, memory_config, tmp_path):
+    from sqlalchemy import create_engine
+
+    from examples.sqlalchemy_notes import NotesBase, NotesService
+
+    uri = 'sqlite:///{}'.format(tmp_path / 'notes.db')
+    NotesBase.metadata.create_all(create_engine(uri))
+    container = container_factory(NotesService, dict(
+        memory_config, DB_URIS={'notes:NotesBase': uri}))
+    container.start()
+    with entrypoint_hook(container, 'add') as add:
+        assert [add('one'), add('two')] == [1, 2]
+    with entrypoint_hook(container, 'count') as count:
+        assert count() == 2
+
+
 def test_documented_transport_options_are_the_defaults():
     from examples.transport_options import DEFAULT_TRANSPORT_OPTIONS
     from threadko import constants
@@ -808,6 +825,10 @@ TESTING_EXAMPLES = {
         'test_hello_languages[de-Guten Tag]'],
     'examples.testing.entrypoint_waiter_test': ['test_event_interface'],
     'examples.testing.http_test': ['test_get'],
+    'examples.testing.sqlalchemy_test': [
+        'test_add_and_count_with_a_database_stand_in',
+        'test_tables_start_empty',
+        'test_a_running_service_sees_what_the_test_committed'],
 }
 
 
