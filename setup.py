@@ -38,12 +38,14 @@ setup(
             'sphinx>=5.0',
             'SQLAlchemy>=1.4',
         ],
-        # scripts/bench: the chart, and the drivers of the blocking_db scenario
-        # (mysqlclient builds against libmariadb-dev, found by pkg-config)
+        # scripts/bench: the chart, the drivers of the blocking_db scenario
+        # (mysqlclient builds against libmariadb-dev, found by pkg-config),
+        # and threadko.sqlalchemy's SQLAlchemy for the sqlalchemy_db scenario
         'bench': [
             'matplotlib>=3.5',
             'mysqlclient>=2.0',
             'psycopg2-binary>=2.9',
+            'SQLAlchemy>=1.4',
         ],
         'dev': [
             'matplotlib>=3.5',

@@ -4,6 +4,7 @@ benchmark (standard library only).
     ensure_installed()            # apt-get what is missing (root)
     with MariaDB(workdir) as db:  # or PostgreSQL(workdir)
         MySQLdb.connect(**db.dsn)
+        db.restart()              # same data and socket, connections gone
 
 Each server gets a fresh data directory under ``workdir`` (a directory
 the caller owns and removes), listens on a unix socket there and on no
@@ -171,7 +172,8 @@ class _Server:
 
     # subclasses: _prepare() (init the data dir), _command() (the server's
     # argv), _popen_kwargs(), _probe() (query that returns the version or
-    # raises), _setup() (create what the benchmark needs), _stop_signal
+    # raises), _setup() (create what the benchmark needs, once: not again
+    # on restart()), _stop_signal
     _stop_signal = signal.SIGTERM
 
     def __enter__(self):
@@ -219,6 +221,22 @@ class _Server:
         """Initialise the data directory, start the server, wait until it
         answers and create the benchmark's user and database."""
         self._prepare()
+        self._launch()
+        self._setup()
+
+    def restart(self):
+        """Stop the server gracefully and start it again on the same data
+        directory and socket; returns once it answers. Clients' open
+        connections are gone: their next statement fails, as after a real
+        database restart."""
+        if self.log_path is None:
+            raise DatabaseError('restart() before start()')
+        self.stop()
+        self._launch()
+
+    def _launch(self):
+        """Start the server process on the prepared data directory and
+        wait until it answers."""
         with open(self.log_path, 'ab') as log:
             try:
                 self.process = subprocess.Popen(
@@ -243,7 +261,6 @@ class _Server:
                         'the {} server did not answer within {} s: '
                         'check its log (a slow disk? START_TIMEOUT)'.format(self.kind, START_TIMEOUT))
             time.sleep(0.1)  # server start-up: poll until it answers
-        self._setup()
 
     def stop(self):
         """Graceful shutdown, SIGKILL after STOP_TIMEOUT; waits for the

@@ -11,7 +11,8 @@ drivers), built on first use.
 Results go to ``bench/results/bench-<time>.json``; unless ``--no-docs``,
 ``docs/benchmarks.md`` and its chart are generated from them
 (:mod:`bench.report`). ``scripts/bench`` installs what this needs (RabbitMQ,
-MariaDB, PostgreSQL, wrk) and then runs it. See ``bench/README.md``.
+MariaDB, PostgreSQL, wrk, SQLAlchemy) and then runs it. See
+``bench/README.md``.
 """
 
 import argparse
@@ -28,8 +29,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
 from pathlib import Path
+from urllib.parse import quote
 
 import pika
 
@@ -40,15 +43,16 @@ RESULTS_DIR = BENCH_DIR / 'results'
 sys.path.insert(0, str(PEERS_DIR))
 sys.path.insert(0, str(REPO_ROOT / 'scripts'))
 
-from common import EVENT_TYPE, SOURCE_SERVICE  # noqa: E402
+from common import (  # noqa: E402
+    EVENT_TYPE, SOURCE_SERVICE, SQLALCHEMY_CODE, SQLALCHEMY_ROWS)
 import nameko_venv  # noqa: E402
 
 DEFAULT_URI = 'amqp://guest:guest@localhost'
-NAMEKO_BENCH_PINS = nameko_venv.NAMEKO_PINS + ('mysqlclient', 'psycopg2-binary')
+NAMEKO_BENCH_PINS = nameko_venv.NAMEKO_BENCH_PINS
 NAMEKO_BENCH_VENV = REPO_ROOT / '.nameko-bench-venv'
 
 SCENARIOS = ('rpc_seq', 'rpc_par', 'events', 'http', 'blocking_db',
-             'footprint')
+             'sqlalchemy_db', 'footprint')
 AMQP_TARGETS = ('threadko', 'nameko', 'raw_pika')
 HTTP_TARGETS = ('threadko', 'nameko', 'waitress')
 DB_TARGETS = ('threadko', 'nameko')
@@ -286,6 +290,13 @@ class Bench:
             return self.client_result(
                 target, 'blocking_db', '--concurrency', self.args.concurrency)
 
+    def sqlalchemy_db(self, db_url, target):
+        with running(self.server(target, 'sqlalchemy_db',
+                                 '--db-url', db_url)):
+            return self.client_result(
+                target, 'sqlalchemy_db', '--duration', self.args.duration,
+                '--in-flight', self.args.in_flight)
+
     def footprint(self, target):
         """From starting the service to its first answer, then its RSS."""
         with running(self.client(target, 'footprint')) as client:
@@ -339,6 +350,8 @@ class Bench:
                     self.measure('http', HTTP_TARGETS, self.http)
                 elif scenario == 'blocking_db':
                     self.run_blocking_db()
+                elif scenario == 'sqlalchemy_db':
+                    self.run_sqlalchemy_db()
                 else:
                     self.measure(scenario, AMQP_TARGETS,
                                  getattr(self, scenario))
@@ -354,11 +367,29 @@ class Bench:
         databases.ensure_installed()
         for server_cls in (databases.MariaDB, databases.PostgreSQL):
             with server_cls(str(self.workdir / server_cls.__name__)) as db:
-                self.machine[db.kind] = db.version
+                self._record_version(db)
                 self.measure(
                     'blocking_db', DB_TARGETS,
                     lambda target: self.blocking_db(db, target),
                     key='blocking_db_' + db.kind)
+
+    def run_sqlalchemy_db(self):
+        from bench import databases
+        databases.ensure_installed()
+        # a server of its own: blocking_db's is gone by now
+        workdir = self.workdir / 'MariaDB-sqlalchemy'
+        with databases.MariaDB(str(workdir)) as db:
+            self._record_version(db)
+            db_url = sqlalchemy_url(db.dsn)
+            create_sqlalchemy_table(db_url)
+            self.measure('sqlalchemy_db', DB_TARGETS,
+                         lambda target: self.sqlalchemy_db(db_url, target))
+
+    def _record_version(self, db):
+        """The server's version, under the key bench/report.py shows
+        (``mariadb``, ``postgresql``), without the name it starts with."""
+        key = {'mysql': 'mariadb', 'postgres': 'postgresql'}[db.kind]
+        self.machine[key] = db.version.split()[-1]
 
     def results(self, started, finished):
         return {
@@ -396,6 +427,37 @@ def _brief(result):
         if name in result:
             shown.append('{} {:,.2f}'.format(name, result[name]))
     return '  '.join(shown)
+
+
+def sqlalchemy_url(dsn):
+    """The SQLAlchemy URL (MySQLdb, through the unix socket) of a
+    :class:`bench.databases.MariaDB` server's ``dsn``."""
+    return ('mysql+mysqldb://{user}:{password}@localhost/{database}'
+            '?unix_socket={socket}&charset=utf8mb4'.format(
+                user=quote(dsn['user'], safe=''),
+                password=quote(dsn['password'], safe=''),
+                database=quote(dsn['database'], safe=''),
+                socket=quote(dsn['unix_socket'], safe='/')))
+
+
+def create_sqlalchemy_table(db_url):
+    """Create the ``sqlalchemy_db`` table (the services' own model) with
+    :data:`SQLALCHEMY_ROWS` rows, in the harness (so with threadko's
+    SQLAlchemy), before any target runs."""
+    import sqlalchemy
+    from services import sqlalchemy_models
+
+    base, item = sqlalchemy_models()
+    engine = sqlalchemy.create_engine(db_url)
+    try:
+        base.metadata.drop_all(engine)
+        base.metadata.create_all(engine)
+        with engine.begin() as connection:
+            connection.execute(item.__table__.insert(), [
+                {'code': SQLALCHEMY_CODE.format(number), 'hits': 0}
+                for number in range(SQLALCHEMY_ROWS)])
+    finally:
+        engine.dispose()
 
 
 def free_port():
@@ -456,13 +518,20 @@ def describe_machine(bench):
     }
     for dist in ('threadko', 'pika', 'waitress', 'werkzeug'):
         machine[dist] = dist_version(dist)
+    if 'sqlalchemy_db' in bench.args.scenarios:
+        with contextlib.suppress(PackageNotFoundError):
+            machine['sqlalchemy'] = dist_version('SQLAlchemy')
     if 'nameko' in bench.pythons:
         found = subprocess.run(
             [bench.pythons['nameko'], '-c',
              'from importlib.metadata import version as v; '
-             'print(v("nameko"), v("eventlet"), v("kombu"))'],
+             'print(v("nameko"), v("eventlet"), v("kombu"), '
+             'v("nameko-sqlalchemy"), v("SQLAlchemy"))'],
             stdout=subprocess.PIPE, text=True, check=True).stdout.split()
         machine.update(nameko=found[0], eventlet=found[1], kombu=found[2])
+        if 'sqlalchemy_db' in bench.args.scenarios:
+            machine['nameko_sqlalchemy'] = '{} (SQLAlchemy {})'.format(
+                found[3], found[4])
     loadgen = getattr(bench, 'loadgen', None)
     if loadgen is not None:
         machine['loadgen'] = '{} {}'.format(loadgen.name, loadgen.version)

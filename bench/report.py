@@ -98,6 +98,10 @@ SCENARIOS = (
     Scenario('blocking_db_postgres', 'Blocking database calls: psycopg2',
              ('threadko', 'nameko'), DB_METRICS, DB_RATIOS,
              ('concurrency',)),
+    Scenario('sqlalchemy_db', 'SQLAlchemy sessions on MariaDB',
+             ('threadko', 'nameko'), (CALLS, P50, P99),
+             (Ratio('calls_per_s', 'nameko', '\u00d7 Nameko'),),
+             ('calls_per_s',)),
     Scenario('footprint', 'Footprint', AMQP_TARGETS,
              (Metric('rss_mib', 'RSS MiB', lower_is_better=True),
               Metric('startup_s', 'start-up s', lower_is_better=True)),
@@ -130,6 +134,7 @@ TARGETS = (
     Target('http', 'p99_ms', 'threadko', 'nameko', 1.0, '<='),
     Target('blocking_db_mysql', 'concurrency', 'threadko',
            OPTION_PREFIX + 'max_workers', 0.9, '>='),
+    Target('sqlalchemy_db', 'calls_per_s', 'threadko', 'nameko', 3.0, '>='),
 )
 
 HOW_MEASURED = (
@@ -170,6 +175,16 @@ HOW_MEASURED = (
      '(calls \u00d7 0.1 s) over the wall time; with max_workers '
      '{max_workers} it can be at most {max_workers}. Only the MySQLdb '
      'scenario has a target.'),
+    ('sqlalchemy_db',
+     'Calls for {duration} s with {in_flight} in flight (as rpc_par, '
+     'after 1 s of the same load) to a method that, through the '
+     "framework's SQLAlchemy DatabaseSession (threadko.sqlalchemy; "
+     'nameko-sqlalchemy 1.5.0 for Nameko), SELECTs one of 1,000 rows by a '
+     'unique index, UPDATEs it and commits, on MariaDB through MySQLdb '
+     '(the same server for both). calls/s, and p50 and p99 of the '
+     "per-call latency. MySQLdb blocks the OS thread it runs on, so "
+     "Nameko's workers, greenthreads of one thread, take turns in the "
+     "database; threadko's run on threads of their own."),
     ('footprint',
      "The echo service started with the framework's own run command (raw "
      "pika: its server process): start-up is the time from starting the "
@@ -314,6 +329,8 @@ def _machine_lines(results):
                       ('eventlet', 'eventlet'), ('kombu', 'kombu'),
                       ('pika', 'pika'), ('rabbitmq', 'RabbitMQ'),
                       ('waitress', 'waitress'), ('werkzeug', 'werkzeug'),
+                      ('sqlalchemy', 'SQLAlchemy'),
+                      ('nameko_sqlalchemy', 'nameko-sqlalchemy'),
                       ('mariadb', 'MariaDB'), ('postgresql', 'PostgreSQL')):
         if machine.get(key):
             software.append('{} {}'.format(name, machine[key]))
@@ -498,7 +515,7 @@ def chart(results, png_path):
               if metric.key in scenario.chart]
     columns = 3
     rows = -(-len(panels) // columns)
-    figure = Figure(figsize=(12, 8), dpi=100)
+    figure = Figure(figsize=(12, 8 * rows / 3), dpi=100)  # 8 for 3 rows
     FigureCanvasAgg(figure)  # Agg, whatever pyplot's backend is
     date = (results.get('started') or '')[:10]
     figure.suptitle('threadko, Nameko 2.14.1 and raw pika: medians'

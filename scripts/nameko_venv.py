@@ -22,6 +22,15 @@ except ImportError:  # Windows: no lock between concurrent sessions
     fcntl = None
 
 NAMEKO_PINS = ('nameko==2.14.1', 'eventlet==0.41.3', 'werkzeug<3')
+#: the benchmarks' venv (bench/harness.py, ``.nameko-bench-venv``): Nameko,
+#: the database drivers of ``blocking_db`` (and of ``sqlalchemy_db``:
+#: MySQLdb), and nameko-sqlalchemy 1.5.0 for ``sqlalchemy_db``. It declares
+#: ``sqlalchemy`` without a version; 1.4 is the last series its own pytest
+#: fixtures work with (they bind ``MetaData``, gone in 2.0), so the one its
+#: users run; 1.4.54 is the last 1.4 release.
+NAMEKO_BENCH_PINS = NAMEKO_PINS + (
+    'mysqlclient', 'psycopg2-binary', 'nameko-sqlalchemy==1.5.0',
+    'SQLAlchemy==1.4.54')
 STAMP_NAME = 'threadko-interop-stamp.json'
 BUILD_TIMEOUT = 600  # seconds for `venv` + `pip install`
 

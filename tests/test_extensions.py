@@ -1,4 +1,6 @@
+import functools
 import inspect
+import re
 import threading
 
 import pytest
@@ -228,6 +230,37 @@ def test_check_signature_words_errors_as_nameko_does():
     with pytest.raises(IncorrectSignature) as raised:
         entrypoint.check_signature((1, 2, 3, 4), {})
     assert str(raised.value) == expected
+
+
+def passing_through(fn):
+    """A decorator as users write them: functools.wraps, (*args, **kwargs)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+class Decorated:
+    name = 'decorated'
+
+    @Fire.decorator
+    @passing_through
+    def method(self, a, b=2):
+        pass
+
+
+@pytest.mark.parametrize('args, kwargs, wording', [
+    ((1, 2, 3), {}, 'takes from 2 to 3 positional arguments but 4'),
+    ((), {}, "missing 1 required positional argument: 'a'"),
+    ((1,), {'c': 3}, "unexpected keyword argument 'c'"),
+])
+def test_check_signature_sees_through_functools_wraps(args, kwargs, wording):
+    # the wrapper takes anything; the method it wraps does not
+    container = make_container(Decorated)
+    entrypoint = next(iter(container.entrypoints))
+    entrypoint.check_signature((1,), {'b': 3})
+    with pytest.raises(IncorrectSignature, match=re.escape(wording)):
+        entrypoint.check_signature(args, kwargs)
 
 
 def test_sensitive_variables_is_a_deprecated_alias():

@@ -328,13 +328,15 @@ class Entrypoint(Extension):
             return  # the common case, without binding
         try:
             checker.signature.bind(None, *args, **kwargs)
-        except TypeError:
-            # getcallargs words the error as Nameko does
+        except TypeError as refused:
+            # getcallargs words the error as Nameko does; unwrapped, as it
+            # does not follow a decorator's __wrapped__ (functools.wraps)
+            # the way signature() does
             try:
-                inspect.getcallargs(fn, None, *args, **kwargs)
+                inspect.getcallargs(inspect.unwrap(fn), None, *args, **kwargs)
             except TypeError as exc:
                 raise IncorrectSignature(str(exc))
-            raise  # the two disagree: let the caller see why
+            raise IncorrectSignature(str(refused))
 
     @classmethod
     def decorator(cls, *args, **kwargs):

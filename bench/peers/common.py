@@ -9,6 +9,7 @@ import argparse
 import collections
 import json
 import os
+import random
 import statistics
 import sys
 import threading
@@ -20,9 +21,12 @@ EVENT_TYPE = 'bench_event'
 PAYLOAD = 'payload'
 HELLO = 'Hello, world!'
 DB_SLEEP = 0.1  # seconds each blocking_db call spends in the database
+SQLALCHEMY_ROWS = 1000  # rows of the sqlalchemy_db table; a call picks one
+SQLALCHEMY_CODE = 'item-{:05d}'  # the code of row number n
+SQLALCHEMY_WARM_UP = 1.0  # seconds of sqlalchemy_db load before measuring
 
 SCENARIOS = ('rpc_seq', 'rpc_par', 'events', 'http', 'blocking_db',
-             'footprint')
+             'sqlalchemy_db', 'footprint')
 
 
 def add_arguments(parser):
@@ -44,6 +48,9 @@ def add_arguments(parser):
                         default='mysql')
     parser.add_argument('--db-dsn', default='{}',
                         help='JSON object of connect() keyword arguments')
+    parser.add_argument('--db-url', default=None,
+                        help='sqlalchemy_db: the SQLAlchemy URL of the '
+                             'database')
     parser.add_argument('--web-address', default='127.0.0.1:8000')
 
 
@@ -150,6 +157,65 @@ def threaded_loop(call, threads, duration):
     elapsed = time.perf_counter() - start
     return {'calls': sum(counts), 'calls_per_s': sum(counts) / elapsed,
             'in_flight': threads}
+
+
+def _with_latencies(result, latencies):
+    """``result`` with the p50 and p99 of ``latencies`` (seconds) in
+    milliseconds."""
+    latencies.sort()
+    result.update(
+        p50_ms=statistics.median(latencies) * 1000,
+        p99_ms=latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000)
+    return result
+
+
+def threaded_loop_timed(call, threads, duration):
+    """:func:`threaded_loop`, with the p50 and p99 latency of the calls
+    (each thread times its own)."""
+    latencies = []  # list.append is atomic: threads share it
+
+    def timed_call():
+        t0 = time.perf_counter()
+        call()
+        latencies.append(time.perf_counter() - t0)
+
+    return _with_latencies(
+        threaded_loop(timed_call, threads, duration), latencies)
+
+
+def timed_pipeline_timed(start_call, wait, in_flight, duration):
+    """:func:`timed_pipeline`, with the p50 and p99 latency of the
+    calls: from starting a call until ``wait`` returned its answer (oldest
+    first, so an answer that overtook an older call's counts from when the
+    older one was answered)."""
+    latencies = []
+
+    def start_timed():
+        return time.perf_counter(), start_call()
+
+    def wait_timed(handle):
+        t0, call = handle
+        wait(call)
+        latencies.append(time.perf_counter() - t0)
+
+    return _with_latencies(
+        timed_pipeline(start_timed, wait_timed, in_flight, duration),
+        latencies)
+
+
+def sqlalchemy_code():
+    """The ``code`` of a random row of the ``sqlalchemy_db`` table."""
+    return SQLALCHEMY_CODE.format(random.randrange(SQLALCHEMY_ROWS))
+
+
+def sqlalchemy_db_client(call, in_parallel, duration):
+    """The ``sqlalchemy_db`` client: once ``call(code)`` answers,
+    ``in_parallel(seconds)`` (``--in-flight`` calls outstanding, each on a
+    random row) for :data:`SQLALCHEMY_WARM_UP` seconds, which fills the
+    service's connection pool, then for ``duration`` seconds, measured."""
+    wait_until_answering(lambda: call(sqlalchemy_code()))
+    in_parallel(SQLALCHEMY_WARM_UP)
+    emit(in_parallel(duration))
 
 
 def concurrent_batch(start_call, wait, calls):

@@ -30,8 +30,11 @@ from nameko.web.handlers import http
 
 from common import (
     EVENT_TYPE, PAYLOAD, SERVICE, SOURCE_SERVICE, blocking_db_client,
-    concurrent_batch, dispatch_events, echo_client, run_peer, timed_pipeline)
-from services import DB_SERVICE, service_for
+    concurrent_batch, dispatch_events, echo_client, run_peer,
+    sqlalchemy_code, sqlalchemy_db_client, timed_pipeline,
+    timed_pipeline_timed)
+from services import (
+    DB_SERVICE, SQLALCHEMY_SERVICE, service_for, sqlalchemy_config)
 
 #: for ``nameko run nameko_peer:Echo`` (the footprint scenario)
 Echo = service_for(argparse.Namespace(scenario='rpc_seq'), rpc, http,
@@ -40,9 +43,14 @@ Echo = service_for(argparse.Namespace(scenario='rpc_seq'), rpc, http,
 
 def serve(args):
     config = {'AMQP_URI': args.uri, 'WEB_SERVER_ADDRESS': args.web_address}
+    DatabaseSession = None
+    if args.scenario == 'sqlalchemy_db':
+        # only here: no other scenario (footprint's RSS) loads SQLAlchemy
+        from nameko_sqlalchemy import DatabaseSession
+        config.update(sqlalchemy_config(args.db_url))
     runner = ServiceRunner(config)
     runner.add_service(service_for(
-        args, rpc, http, event_handler, DependencyProvider))
+        args, rpc, http, event_handler, DependencyProvider, DatabaseSession))
 
     def shutdown(signum, frame):
         # signal handlers can't use eventlet primitives: stop in a greenlet
@@ -76,6 +84,14 @@ def client(args):
             blocking_db_client(sleep, lambda: concurrent_batch(
                 sleep.call_async, lambda reply: reply.result(),
                 args.concurrency))
+            return
+        if args.scenario == 'sqlalchemy_db':
+            touch = getattr(proxy, SQLALCHEMY_SERVICE).touch
+            # as rpc_par: one greenthread pipelining call_async
+            sqlalchemy_db_client(touch, lambda seconds: timed_pipeline_timed(
+                lambda: touch.call_async(sqlalchemy_code()),
+                lambda reply: reply.result(), args.in_flight, seconds),
+                args.duration)
             return
         echo = getattr(proxy, SERVICE).echo
         # rpc_par: one greenthread pipelining call_async; greenthreads can't

@@ -8,6 +8,11 @@ In ``blocking_db``, each call borrows a connection from a pool kept by the depen
 one query that sleeps ``DB_SLEEP`` seconds in the database:
 ``SELECT SLEEP(0.1)`` through MySQLdb (``mysqlclient``) on MariaDB, or
 ``SELECT pg_sleep(0.1)`` through psycopg2 on PostgreSQL.
+
+In ``sqlalchemy_db``, each call reads one row by an indexed column and
+updates it through the framework's SQLAlchemy ``DatabaseSession``
+(threadko.sqlalchemy, or nameko-sqlalchemy 1.5.0 for Nameko), on MariaDB
+through MySQLdb; SQLAlchemy is imported only for that scenario.
 """
 
 import json
@@ -17,6 +22,7 @@ from common import (
     DB_SLEEP, EVENT_TYPE, HELLO, SERVICE, SOURCE_SERVICE, seen_file_writer)
 
 DB_SERVICE = 'bench_db'
+SQLALCHEMY_SERVICE = 'bench_sqlalchemy'
 
 QUERIES = {
     'mysql': 'SELECT SLEEP({})'.format(DB_SLEEP),
@@ -79,9 +85,63 @@ def db_service(DependencyProvider, rpc, db, dsn):
     return BenchDb
 
 
-def service_for(args, rpc, http, event_handler, DependencyProvider):
+def sqlalchemy_models():
+    """``(Base, Item)``: a declarative base, and the model of the
+    ``sqlalchemy_db`` table: ``code`` is unique (indexed), ``hits`` what
+    a call increments. Written for SQLAlchemy 1.4 and 2.x alike."""
+    from sqlalchemy import Column, Integer, String
+    from sqlalchemy.orm import declarative_base
+
+    Base = declarative_base()
+
+    class Item(Base):
+        __tablename__ = 'bench_items'
+
+        id = Column(Integer, primary_key=True)
+        code = Column(String(32), nullable=False, unique=True)
+        hits = Column(Integer, nullable=False, default=0)
+
+    return Base, Item
+
+
+def sqlalchemy_config(db_url):
+    """The ``DB_URIS`` config of the ``sqlalchemy_db`` service (the same
+    key for threadko.sqlalchemy and nameko-sqlalchemy)."""
+    base, _ = sqlalchemy_models()
+    return {'DB_URIS': {
+        '{}:{}'.format(SQLALCHEMY_SERVICE, base.__name__): db_url}}
+
+
+def sqlalchemy_service(rpc, DatabaseSession):
+    """The ``sqlalchemy_db`` service class, on the given framework's
+    ``rpc`` and ``DatabaseSession`` provider."""
+    from sqlalchemy import select
+
+    Base, Item = sqlalchemy_models()
+
+    class BenchSqlalchemy:
+        name = SQLALCHEMY_SERVICE
+        session = DatabaseSession(Base)
+
+        @rpc
+        def touch(self, code):
+            # one SELECT on the unique index, one UPDATE by primary key, a
+            # COMMIT; the provider closes the session after the call
+            item = self.session.execute(
+                select(Item).where(Item.code == code)).scalar_one()
+            item.hits += 1
+            hits = item.hits
+            self.session.commit()
+            return hits
+
+    return BenchSqlalchemy
+
+
+def service_for(args, rpc, http, event_handler, DependencyProvider,
+                DatabaseSession=None):
     """The service class of ``args.scenario``, built on the given
-    framework's names."""
+    framework's names (``DatabaseSession``, its SQLAlchemy provider, only
+    for ``sqlalchemy_db``)."""
     if args.scenario == 'events':
         mark_seen = seen_file_writer(args.expect, args.seen_file)
 
@@ -104,6 +164,9 @@ def service_for(args, rpc, http, event_handler, DependencyProvider):
 
     if args.scenario == 'blocking_db':
         return db_service(DependencyProvider, rpc, args.db, args.db_dsn)
+
+    if args.scenario == 'sqlalchemy_db':
+        return sqlalchemy_service(rpc, DatabaseSession)
 
     class Echo:
         name = SERVICE

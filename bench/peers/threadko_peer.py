@@ -27,8 +27,10 @@ from threadko.web.handlers import http  # noqa: E402
 from common import (  # noqa: E402
     EVENT_TYPE, PAYLOAD, SERVICE, SOURCE_SERVICE, blocking_db_client,
     concurrent_threads, dispatch_events, echo_client, run_peer,
-    serve_until_sigterm, threaded_loop)
-from services import DB_SERVICE, service_for  # noqa: E402
+    serve_until_sigterm, sqlalchemy_code, sqlalchemy_db_client,
+    threaded_loop, threaded_loop_timed)
+from services import (  # noqa: E402
+    DB_SERVICE, SQLALCHEMY_SERVICE, service_for, sqlalchemy_config)
 
 #: for ``threadko run threadko_peer:Echo`` (the footprint scenario)
 Echo = service_for(argparse.Namespace(scenario='rpc_seq'), rpc, http,
@@ -37,9 +39,14 @@ Echo = service_for(argparse.Namespace(scenario='rpc_seq'), rpc, http,
 
 def serve(args):
     config = {'AMQP_URI': args.uri, 'WEB_SERVER_ADDRESS': args.web_address}
+    DatabaseSession = None
+    if args.scenario == 'sqlalchemy_db':
+        # only here: no other scenario (footprint's RSS) loads SQLAlchemy
+        from threadko.sqlalchemy import DatabaseSession
+        config.update(sqlalchemy_config(args.db_url))
     runner = ServiceRunner(config)
     runner.add_service(service_for(
-        args, rpc, http, event_handler, DependencyProvider))
+        args, rpc, http, event_handler, DependencyProvider, DatabaseSession))
     serve_until_sigterm(runner.start, runner.stop)
 
 
@@ -60,6 +67,13 @@ def client(args):
             # one thread per call, as a threaded app makes them
             blocking_db_client(
                 sleep, lambda: concurrent_threads(sleep, args.concurrency))
+            return
+        if args.scenario == 'sqlalchemy_db':
+            touch = getattr(proxy, SQLALCHEMY_SERVICE).touch
+            # as rpc_par: threads sharing one proxy, each on a random row
+            sqlalchemy_db_client(touch, lambda seconds: threaded_loop_timed(
+                lambda: touch(sqlalchemy_code()), args.in_flight, seconds),
+                args.duration)
             return
         echo = getattr(proxy, SERVICE).echo
         # rpc_par: what a threaded app does, threads sharing one proxy

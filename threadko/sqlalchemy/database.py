@@ -83,12 +83,26 @@ class DatabaseWrapper:
 
     def close(self):
         """Close every session made; what was not committed is rolled
-        back and the connections go back to the pool."""
+        back and the connections go back to the pool.
+
+        A session that fails to close (its connection died) does not stop
+        the others from closing; the first error is raised once all were
+        tried."""
         sessions = self._context_sessions
         if self._worker_session is not None:
             sessions = [self._worker_session] + sessions
+        error = None
         for session in sessions:
-            session.close()
+            try:
+                session.close()
+            except Exception as exc:
+                if error is None:
+                    error = exc
+        if error is not None:
+            try:
+                raise error
+            finally:
+                error = None  # no traceback -> frame -> error cycle
 
 
 def database_settings(provider, engine_options, session_options):

@@ -5,7 +5,7 @@ import threading
 from threadko.extensions import SharedExtension
 
 try:
-    from sqlalchemy import create_engine
+    from sqlalchemy import create_engine, event
     from sqlalchemy.engine import make_url
     from sqlalchemy.pool import QueuePool
 except ImportError as exc:  # pragma: no cover (the extra is installed)
@@ -66,6 +66,18 @@ class Engines(SharedExtension):
         with self._lock:
             engines, self._engines = list(self._engines.values()), {}
         for engine in engines:
-            # connections still lent to abandoned workers are closed when
-            # those workers' teardown returns them
+            # engine.dispose() closes the connections in the pool, not those
+            # still lent to workers that a kill abandoned: returned later,
+            # by those workers' teardown, they would stay open in the
+            # discarded pool until it is garbage collected. So from now on
+            # a connection is closed as it comes back (the listener passes
+            # to the pool that dispose() makes, for connections an
+            # abandoned worker takes afterwards).
+            event.listen(engine.pool, 'checkin', _close_on_checkin)
             engine.dispose()
+
+
+def _close_on_checkin(dbapi_connection, connection_record):
+    """A pool ``checkin`` listener: close the connection (rolled back
+    already) instead of keeping it, for pools of a stopped container."""
+    connection_record.close()
