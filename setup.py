@@ -59,8 +59,7 @@ setup(
     entry_points={
         'console_scripts': ['threadko=threadko.cli.main:main'],
         'pytest11': [
-            'threadko=threadko.testing.pytest',
-            'threadko_sqlalchemy=threadko.testing.sqlalchemy_fixtures',
+            'threadko=threadko.testing.plugin',
         ],
     },
     classifiers=[

@@ -3,9 +3,10 @@
 ``threadko.config`` is the process-wide configuration (Nameko 3 style).
 """
 
+from threadko.bridge import install_as_nameko
 from threadko.configuration import config
 
-__all__ = ['config', '__version__']
+__all__ = ['config', 'install_as_nameko', '__version__']
 
 try:
     from importlib.metadata import PackageNotFoundError, version

@@ -1,9 +1,9 @@
 """The pytest fixtures of threadko.sqlalchemy (``db_url``, ``model_base``,
 ``db_engine_options``, ``db_connection``, ``db_session``, ``database``),
 used as a project uses nameko-sqlalchemy's: inner test sessions
-(``pytester``) in a subprocess, so the fixtures come from the
-``threadko_sqlalchemy`` ``pytest11`` entry point as they do for a user,
-with the project's own ``conftest.py``."""
+(``pytester``) in a subprocess, so the fixtures come from threadko's
+``pytest11`` entry point as they do for a user, with the project's own
+``conftest.py``."""
 
 import sqlite3
 from contextlib import closing
@@ -94,10 +94,13 @@ def tables_in(path):
             "SELECT name FROM sqlite_master WHERE type = 'table'")]
 
 
-def test_fixtures_are_registered_by_an_entry_point():
+PLUGIN = 'threadko.testing.sqlalchemy_fixtures'
+
+
+def test_fixtures_are_registered_by_threadkos_entry_point(request):
     plugins = {ep.name: ep.value for ep in entry_points(group='pytest11')}
-    assert plugins.get('threadko_sqlalchemy') == (
-        'threadko.testing.sqlalchemy_fixtures')
+    assert plugins.get('threadko') == 'threadko.testing.plugin'
+    assert request.config.pluginmanager.has_plugin(PLUGIN)
 
 
 def test_db_session_commits_rows_then_empties_the_tables_and_drops_them(
@@ -560,7 +563,8 @@ def test_sqlalchemy_is_missing():
 
 
 def test_the_plugin_is_loaded_and_its_option_parsed(request, db_url):
-    assert request.config.pluginmanager.has_plugin("threadko_sqlalchemy")
+    assert request.config.pluginmanager.has_plugin(
+        "threadko.testing.sqlalchemy_fixtures")
     assert db_url == "postgresql://unused"
 
 
@@ -606,7 +610,8 @@ from models import User
 
 def test_both_loaded(request, db_url, db_session):
     assert request.config.pluginmanager.has_plugin("nameko_sqlalchemy_like")
-    assert request.config.pluginmanager.has_plugin("threadko_sqlalchemy")
+    assert request.config.pluginmanager.has_plugin(
+        "threadko.testing.sqlalchemy_fixtures")
     assert db_url == {url!r}
     db_session.add(User(id=1, name="x"))
     db_session.commit()
@@ -614,6 +619,33 @@ def test_both_loaded(request, db_url, db_session):
     result.assert_outcomes(passed=1)
     assert 'already added' not in result.stderr.str()
     assert 'conflicting option' not in result.stderr.str()
+
+
+def test_nameko_sqlalchemys_own_plugin_takes_the_session(pytester):
+    """nameko-sqlalchemy installed too (its plugin registered before
+    threadko's, as an entry point would be): threadko's fixtures step
+    aside, and the project gets nameko-sqlalchemy's."""
+    pytester.makepyfile(nameko_sqlalchemy='''
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--test-db-url", action="store", dest="TEST_DB_URL",
+        default="sqlite://", help="DB url for testing")
+
+
+@pytest.fixture
+def db_session():
+    return "nameko-sqlalchemy's"
+''')
+    result = run(pytester, '-p', 'nameko_sqlalchemy', '-s', test_inner='''
+def test_whose(request, db_session):
+    assert not request.config.pluginmanager.has_plugin(
+        "threadko.testing.sqlalchemy_fixtures")
+    assert db_session == "nameko-sqlalchemy's"
+''')
+    result.assert_outcomes(passed=1)
 
 
 def test_help_lists_the_option(pytester):

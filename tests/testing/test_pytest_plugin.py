@@ -42,9 +42,11 @@ def run_inner(pytester):
     return run
 
 
-def test_plugin_is_registered_as_a_pytest11_entry_point():
+def test_plugin_is_registered_as_a_pytest11_entry_point(request):
     plugins = {ep.name: ep.value for ep in entry_points(group='pytest11')}
-    assert plugins.get('threadko') == 'threadko.testing.pytest'
+    assert plugins.get('threadko') == 'threadko.testing.plugin'
+    # which loads the fixtures' module in this session (no Nameko here)
+    assert request.config.pluginmanager.has_plugin('threadko.testing.pytest')
 
 
 def test_plugin_adds_no_eventlet_options(pytester):

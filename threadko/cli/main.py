@@ -10,6 +10,7 @@ and exit status 1, without a traceback.
 import click
 
 import threadko
+from threadko.cli.check_migration import check_migration
 from threadko.cli.run import run
 from threadko.cli.shell import shell
 from threadko.cli.show_config import show_config
@@ -35,4 +36,5 @@ def main():
 main.add_command(run)
 main.add_command(show_config)
 main.add_command(shell)
+main.add_command(check_migration)
 

@@ -27,6 +27,25 @@ def config_options(command):
     return command
 
 
+def nameko_bridge_option(command):
+    """Add ``--nameko-bridge`` (passed as ``nameko_bridge``): code that
+    imports ``nameko`` gets threadko's modules (see
+    :func:`threadko.install_as_nameko`)."""
+    return click.option(
+        '--nameko-bridge', 'nameko_bridge', is_flag=True,
+        help='Let code that imports nameko (services written for Nameko, '
+             'community extensions) run unchanged: every `import nameko...` '
+             'gives the matching threadko module.')(command)
+
+
+def install_nameko_bridge(wanted):
+    """Install the nameko bridge if ``wanted`` (before anything imports
+    the user's code)."""
+    if wanted:
+        from threadko.bridge import install_as_nameko
+        install_as_nameko()
+
+
 def load_config_for_services(config_path, defines, broker):
     """Load the config (file, ``--define``s, ``broker`` as the default
     ``AMQP_URI``), make it the global :data:`threadko.config`, put the

@@ -38,7 +38,10 @@ import time
 
 import click
 
-from threadko.cli.options import config_options, load_config_for_services
+from threadko.cli.options import (
+    config_options, install_nameko_bridge, load_config_for_services,
+    nameko_bridge_option,
+)
 from threadko.constants import (
     AMQP_URI_CONFIG_KEY, DEFAULT_SHUTDOWN_GRACE_PERIOD,
     SHUTDOWN_GRACE_PERIOD_CONFIG_KEY, START_TIMEOUT_CONFIG_KEY,
@@ -400,11 +403,12 @@ def _seconds_or_none(value):
                    'within this time (waiting for the broker, say). '
                    'Overrides the config\'s START_TIMEOUT; default: wait '
                    'for as long as it takes.')
+@nameko_bridge_option
 @click.argument('services', nargs=-1, required=True,
                 metavar='MODULE[:CLASS]...')
 @click.pass_context
 def run(ctx, config_path, defines, broker, grace_period, start_timeout,
-        services):
+        nameko_bridge, services):
     """Run one or more services until stopped.
 
     Each argument is a module (every class in it with entrypoints is run)
@@ -418,6 +422,7 @@ def run(ctx, config_path, defines, broker, grace_period, start_timeout,
     the grace period (exit status 1).
     """
     config = load_config_for_services(config_path, defines, broker)
+    install_nameko_bridge(nameko_bridge)
 
     service_classes = []
     for path in services:

@@ -26,7 +26,10 @@ import click
 
 import threadko
 from threadko.amqp.connection import CONNECTION_ERRORS
-from threadko.cli.options import config_options, load_config_for_services
+from threadko.cli.options import (
+    config_options, install_nameko_bridge, load_config_for_services,
+    nameko_bridge_option,
+)
 from threadko.constants import AMQP_URI_CONFIG_KEY
 from threadko.exceptions import CommandError, describe_error
 from threadko.standalone.events import event_dispatcher
@@ -302,8 +305,9 @@ def connect_watching_terminal(helper):
               help='The interactive shell (default: IPython if installed, '
                    'else bpython, else plain). Not used when standard input '
                    'is not a terminal.')
+@nameko_bridge_option
 @click.pass_context
-def shell(ctx, config_path, defines, broker, interface):
+def shell(ctx, config_path, defines, broker, interface, nameko_bridge):
     """Start a Python shell for calling services.
 
     The shell defines n: n.rpc.<service>.<method>(...) calls a service,
@@ -318,6 +322,7 @@ def shell(ctx, config_path, defines, broker, interface):
     """
     config = load_config_for_services(
         config_path, defines, broker or DEFAULT_SHELL_BROKER)
+    install_nameko_bridge(nameko_bridge)
     source = _broker_source(config[AMQP_URI_CONFIG_KEY], broker)
 
     helper = ShellHelper(config)
