@@ -3,7 +3,12 @@ the interoperability tests and the benchmarks.
 
 ``ensure_venv(path, pins)`` returns the venv's python, creating the venv if
 the stamp file inside it does not record the same pins and Python version.
-Concurrent callers for one path wait for each other (a file lock).
+``ensure_venv(path, pins, editable=[checkout])`` also installs local
+projects in development mode (``pip install -e``; tests/test_side_by_side.py
+puts threadko beside Nameko so): their code is used as it is, and the stamp
+records their packaging files, so a change there (an entry point, say)
+builds the venv again. Concurrent callers for one path wait for each other
+(a file lock).
 """
 
 import contextlib
@@ -45,17 +50,39 @@ def venv_python(path):
     return Path(path) / 'bin' / 'python'
 
 
-def _wanted_stamp(pins):
-    return {'pins': list(pins), 'python': platform.python_version()}
+#: the files of a local project that say what installing it installs
+PACKAGING_FILES = ('setup.py', 'setup.cfg', 'pyproject.toml')
 
 
-def venv_ready(path, pins=NAMEKO_PINS):
-    """Whether ``path`` holds a venv built with ``pins``."""
+def _wanted_stamp(pins, editable=()):
+    stamp = {'pins': list(pins), 'python': platform.python_version()}
+    if editable:
+        stamp['editable'] = {
+            str(Path(project).absolute()): _packaging_digest(project)
+            for project in editable}
+    return stamp
+
+
+def _packaging_digest(project):
+    digest = hashlib.sha1()
+    for name in PACKAGING_FILES:
+        try:
+            content = (Path(project) / name).read_bytes()
+        except OSError:
+            continue
+        digest.update(name.encode('utf-8') + b'\0' + content + b'\0')
+    return digest.hexdigest()
+
+
+def venv_ready(path, pins=NAMEKO_PINS, editable=()):
+    """Whether ``path`` holds a venv built with ``pins`` (and the local
+    projects ``editable``, as they are packaged now)."""
     try:
         stamp = json.loads((Path(path) / STAMP_NAME).read_text())
     except (OSError, ValueError):
         return False
-    return stamp == _wanted_stamp(pins) and venv_python(path).exists()
+    return (stamp == _wanted_stamp(pins, editable)
+            and venv_python(path).exists())
 
 
 def clean_env():
@@ -95,12 +122,13 @@ def _run(argv, what):
             what, done.returncode, done.stdout))
 
 
-def ensure_venv(path, pins=NAMEKO_PINS):
+def ensure_venv(path, pins=NAMEKO_PINS, editable=()):
     """Return the python of a virtualenv at ``path`` with ``pins``
-    installed, creating it if its stamp does not match."""
+    installed, and the local projects (directories) ``editable`` in
+    development mode, creating it if its stamp does not match."""
     path = Path(path).absolute()
     with _build_lock(path):
-        if venv_ready(path, pins):
+        if venv_ready(path, pins, editable):
             return venv_python(path)
         if (path.exists() and any(path.iterdir())
                 and not (path / 'pyvenv.cfg').exists()):
@@ -110,11 +138,15 @@ def ensure_venv(path, pins=NAMEKO_PINS):
         base_python = getattr(sys, '_base_executable', None) or sys.executable
         _run([base_python, '-m', 'venv', '--clear', path],
              'Creating the virtualenv at {}'.format(path))
+        wanted = list(pins)
+        for project in editable:
+            wanted += ['-e', Path(project).absolute()]
         _run([venv_python(path), '-m', 'pip', 'install',
-              '--disable-pip-version-check', '--no-input', *pins],
-             'Installing {} into {}'.format(' '.join(pins), path))
+              '--disable-pip-version-check', '--no-input', *wanted],
+             'Installing {} into {}'.format(
+                 ' '.join(map(str, wanted)), path))
         stamp = path / STAMP_NAME
         partial = stamp.with_name(STAMP_NAME + '.tmp')
-        partial.write_text(json.dumps(_wanted_stamp(pins)))
+        partial.write_text(json.dumps(_wanted_stamp(pins, editable)))
         os.replace(partial, stamp)
         return venv_python(path)

@@ -11,6 +11,10 @@ from threadko.containers import ServiceContainer
 
 LEAK_GRACE = 5.0  # seconds for threads that are already on their way out
 
+# a Nameko project, run by tests/test_nameko_ecosystem.py in a child pytest
+# of its own (its pytest.ini, the community extensions on PYTHONPATH)
+collect_ignore = ['nameko_project']
+
 
 def _threadko_threads():
     return {t for t in threading.enumerate() if t.name.startswith('threadko-')}

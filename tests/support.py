@@ -7,8 +7,11 @@ import http.client
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -429,3 +432,63 @@ class LogWatcher(logging.Handler):
 
     def __exit__(self, *exc_info):
         self.logger.removeHandler(self)
+
+
+# -- packages installed for a test, kept between runs -------------------------
+
+CACHE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.cache')
+PIP_TARGET_STAMP = '.threadko-stamp'  # written once the install succeeded
+PIP_TARGET_TIMEOUT = 300  # seconds
+
+
+def pip_target(name, requirements, timeout=PIP_TARGET_TIMEOUT):
+    """The directory ``.cache/<name>`` (git ignores ``.cache/``) with
+    exactly ``requirements`` installed in it (``pip install --no-deps
+    --target``: none of their own dependencies come along), for a child
+    process's PYTHONPATH.
+
+    It is installed once, from PyPI, and reused while its stamp (the
+    requirements and the Python they were installed for) is the same; a
+    change to either installs it again. Fails the calling test when pip
+    fails (is PyPI reachable?).
+    """
+    import pytest
+
+    target = os.path.join(CACHE, name)
+    stamp = json.dumps({
+        'requirements': list(requirements),
+        'python': sys.implementation.cache_tag,
+        'platform': sys.platform,
+    }, indent=1)
+    try:
+        with open(os.path.join(target, PIP_TARGET_STAMP)) as file:
+            if file.read() == stamp:
+                return target
+    except OSError:
+        pass  # not installed yet, or only partly
+    os.makedirs(CACHE, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=name + '.', dir=CACHE)
+    try:
+        try:
+            result = subprocess.run(
+                [sys.executable, '-m', 'pip', 'install', '--quiet',
+                 '--disable-pip-version-check', '--no-deps',
+                 '--target', staging] + list(requirements),
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail('`pip install --target .cache/{}` took more than {} '
+                        's (is PyPI reachable?)'.format(name, timeout),
+                        pytrace=False)
+        if result.returncode != 0:
+            pytest.fail('could not install {} from PyPI (is it reachable?):'
+                        '\n{}'.format(' '.join(requirements), result.stdout),
+                        pytrace=False)
+        with open(os.path.join(staging, PIP_TARGET_STAMP), 'w') as file:
+            file.write(stamp)
+        shutil.rmtree(target, ignore_errors=True)  # an older or broken one
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -581,6 +581,37 @@ def test_never_more_than_max_workers_at_once(containers):
     assert state['running'] == 0
 
 
+def test_worker_threads_maps_running_workers_to_their_threads(containers):
+    # Nameko's container._worker_threads (worker_ctx -> greenthread), read
+    # by extensions: nameko-prometheus reports len() of it from
+    # worker_result, so the worker being reported is in it then
+    seen = {}
+    release = threading.Event()
+
+    class Counting(DependencyProvider):
+        def worker_result(self, worker_ctx, result=None, exc_info=None):
+            seen['at_result'] = dict(self.container._worker_threads)
+
+    class Svc:
+        name = 'svc'
+        counting = Counting()
+
+        @fire
+        def method(self):
+            seen['thread'] = threading.current_thread()
+            release.wait(WAIT)
+
+    container = containers(Svc, {})
+    assert container._worker_threads == {}
+    container.start()
+    handle = entrypoint_for(container, 'method').fire()
+    release.set()
+    handle.result()
+    assert seen['at_result'] == {handle.worker_ctx: seen['thread']}
+    container.stop()
+    assert container._worker_threads == {}
+
+
 # -- managed threads -----------------------------------------------------
 
 def test_exception_in_a_managed_thread_kills_the_container(

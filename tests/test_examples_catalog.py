@@ -14,6 +14,7 @@ import configparser
 import json
 import logging
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -801,6 +802,69 @@ def test_sqlalchemy_notes_service_keeps_notes_in_a_database(
         assert [add('one'), add('two')] == [1, 2]
     with entrypoint_hook(container, 'count') as count:
         assert count() == 2
+
+
+@pytest.mark.rabbit
+@pytest.mark.parametrize('path', ['bridge', 'rewritten imports'])
+def test_a_nameko_project_moves_over_both_ways(request, tmp_path, path):
+    """The migration guide's two paths, on a project written for Nameko
+    (examples/nameko_project/greeter.py and
+    examples/nameko_project/test_greeter.py): its tests pass unchanged
+    through the bridge (-p threadko.nameko), and after
+    examples/rewrite_imports.sh rewrote them (no bridge)."""
+    project = EXAMPLES / 'nameko_project'
+    options = ['-p', 'no:cacheprovider', '-q',
+               '--amqp-uri', request.config.getoption('RABBIT_AMQP_URI'),
+               '--rabbit-api-uri', request.config.getoption('RABBIT_API_URI')]
+    if path == 'bridge':
+        options += ['-p', 'threadko.nameko']
+    else:
+        project = tmp_path / 'nameko_project'
+        shutil.copytree(EXAMPLES / 'nameko_project', project)
+        subprocess.run([str(EXAMPLES / 'rewrite_imports.sh')], cwd=project,
+                       check=True, timeout=WAIT)
+        sources = '\n'.join(
+            p.read_text() for p in sorted(project.glob('*.py')))
+        assert 'from threadko.rpc import rpc' in sources
+        assert not re.search(r'^\s*(from|import) nameko\b', sources,
+                             re.MULTILINE)
+    result = subprocess.run(
+        [sys.executable, '-m', 'pytest', str(project), *options],
+        cwd=str(tmp_path), env=example_env(), capture_output=True, text=True,
+        timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '2 passed' in result.stdout
+
+
+def test_per_worker_state_stays_with_each_worker(container_factory,
+                                                 memory_config):
+    from examples.per_worker_state import Reporter, Tagging
+
+    container = container_factory(Reporter, memory_config)
+    container.start()
+    durations = [0.4, 0.1, 0.3, 0.2]  # overlapping calls
+    with ClusterRpcProxy(memory_config, timeout=WAIT) as rpc:
+        with ThreadPoolExecutor(len(durations)) as pool:
+            results = list(pool.map(rpc.reporter.report, durations))
+    tags = [tag for tag, _ in results]
+    assert len(set(tags)) == len(durations)
+    # each worker timed its own call, though they ran at once (a timer
+    # shared by the workers, restarted by the last one to start, would
+    # make the longer calls look shorter than they slept)
+    for (_, elapsed), slept in zip(results, durations):
+        assert elapsed >= slept
+    tagging = get_extension(container, Tagging)
+    assert sorted(tag for tag, _ in tagging.finished) == sorted(tags)
+    assert tagging.tags == {}
+
+
+def test_the_nameko_project_example_needs_no_greenthread_changes():
+    result = subprocess.run(
+        [sys.executable, '-m', 'threadko', 'check-migration',
+         str(EXAMPLES / 'nameko_project')], env=example_env(),
+        capture_output=True, text=True, timeout=WAIT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'nothing to change' in result.stderr
 
 
 def test_documented_transport_options_are_the_defaults():

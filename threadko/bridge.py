@@ -18,20 +18,19 @@ __all__ = ['install_as_nameko', 'is_installed', 'MISSING']
 
 PREFIX = 'nameko'
 
-#: Nameko modules threadko has no counterpart of, and what to do instead
+#: Nameko modules threadko has no counterpart of (or, for
+#: ``nameko.amqp.publish``, none of the same shape), and what to do instead
 MISSING = {
     'nameko.cli.backdoor': (
         'threadko has no backdoor (a remote shell into a running process): '
         'use `threadko shell` to call services, and a debugger or py-spy '
         'to look inside a process'),
-    'nameko.amqp': (
-        "Nameko's kombu-based AMQP helpers have no threadko equivalent of "
-        'the same shape: publish with threadko.messaging.Publisher (a '
-        'dependency) or threadko.amqp.publish (ProducerPool, Publisher)'),
     'nameko.amqp.publish': (
-        "Nameko's kombu-based Publisher has no threadko equivalent of the "
-        'same shape: publish with threadko.messaging.Publisher (a '
-        'dependency) or threadko.amqp.publish (ProducerPool, Publisher)'),
+        "Nameko's kombu-based Publisher, get_connection and get_producer "
+        'have no threadko equivalent of the same shape: publish with '
+        'threadko.messaging.Publisher (a dependency), or from a script '
+        'with threadko.amqp.publish.Publisher over a ProducerPool; '
+        'UndeliverableMessage is importable from nameko.amqp'),
     'nameko.utils.retry': (
         'threadko has no retry decorator: use tenacity, or a loop'),
     'nameko.web.websocket': (
@@ -64,13 +63,13 @@ class _NamekoFinder(importlib.abc.MetaPathFinder):
     ``nameko.*`` import with threadko's module of the same path."""
 
     def find_spec(self, fullname, path=None, target=None):
+        if fullname.startswith('threadko.'):
+            return self._fromlist_of_missing(fullname, path)
         if fullname != PREFIX and not fullname.startswith(PREFIX + '.'):
             return None
         advice = MISSING.get(fullname)
         if advice is not None:
-            raise ModuleNotFoundError(
-                'No module named {!r} under the nameko bridge: {}'.format(
-                    fullname, advice), name=fullname)
+            raise _missing(fullname, advice)
         target_name = 'threadko' + fullname[len(PREFIX):]
         try:
             found = importlib.util.find_spec(target_name)
@@ -85,6 +84,26 @@ class _NamekoFinder(importlib.abc.MetaPathFinder):
         return importlib.machinery.ModuleSpec(
             fullname, _AliasLoader(target_name),
             is_package=found.submodule_search_locations is not None)
+
+    @staticmethod
+    def _fromlist_of_missing(fullname, path):
+        # ``from nameko.web import websocket`` imports the submodule by the
+        # package's own name (``threadko.web.websocket``), and the import
+        # system turns a ModuleNotFoundError of that name into a bare
+        # "cannot import name": answer it with the advice, under the name
+        # that was written (which the import system lets through)
+        nameko_name = PREFIX + fullname[len('threadko'):]
+        advice = MISSING.get(nameko_name)
+        if advice is None or importlib.machinery.PathFinder.find_spec(
+                fullname, path) is not None:
+            return None
+        raise _missing(nameko_name, advice)
+
+
+def _missing(name, advice):
+    return ModuleNotFoundError(
+        'No module named {!r} under the nameko bridge: {}'.format(
+            name, advice), name=name)
 
 
 _finder = _NamekoFinder()

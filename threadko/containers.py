@@ -338,6 +338,10 @@ class ServiceContainer:
         self._cancelled = False
 
         self._worker_count = 0  # only used to name worker threads
+        # the running workers: worker_ctx -> its thread, as Nameko's
+        # ``_worker_threads`` (worker_ctx -> greenthread), which extensions
+        # read (nameko-prometheus counts the running workers with it)
+        self._worker_threads = {}
         self._make_worker_pool()
 
         self._managed_threads = {}  # thread -> identifier
@@ -696,6 +700,7 @@ class ServiceContainer:
             raise
 
     def _run_worker_thread(self, worker_ctx, handle_result):
+        self._worker_threads[worker_ctx] = threading.current_thread()
         try:
             self._run_worker(worker_ctx, handle_result)
         except Exception:
@@ -709,6 +714,7 @@ class ServiceContainer:
                 # method) is a bug in an extension: the container dies of it
                 self.kill(sys.exc_info())
         finally:
+            self._worker_threads.pop(worker_ctx, None)
             self._worker_slots.release()
 
     def _run_worker(self, worker_ctx, handle_result):

@@ -19,8 +19,10 @@ from threadko.bridge import install_as_nameko
 
 from threadko.testing.plugin import PLUGINS
 
+#: threadko's fixtures and options, Nameko's under the same names
+FIXTURES_PLUGIN = 'threadko.testing.pytest'
 #: the name of the real Nameko's pytest plugin (its entry point)
-NAMEKO_PLUGIN = PLUGINS['threadko.testing.pytest']
+NAMEKO_PLUGIN = PLUGINS[FIXTURES_PLUGIN]
 
 install_as_nameko()
 
@@ -30,3 +32,7 @@ def pytest_addhooks(pluginmanager):
     # installed ones load): the real plugin would import nameko's testing
     # module, which the bridge answers with threadko's, registered already
     pluginmanager.set_blocked(NAMEKO_PLUGIN)
+    # threadko's fixtures, also when plugins do not load by themselves
+    # (PYTEST_DISABLE_PLUGIN_AUTOLOAD, --disable-plugin-autoload); threadko's
+    # entry point, if it loads, finds them registered already
+    pluginmanager.import_plugin(FIXTURES_PLUGIN)

@@ -46,6 +46,9 @@ SKIP_ENV = {
 }
 DRIVER = {'mariadb': 'MySQLdb', 'postgresql': 'psycopg2'}
 PACKAGE = {'mariadb': 'mysqlclient', 'postgresql': 'psycopg2-binary'}
+#: who the tests' own engines connect as (MariaDB user, PostgreSQL
+#: application name): the connection counts leave them out
+OBSERVER = 'tk_observer'
 
 
 def pytest_report_header(config):
@@ -109,9 +112,13 @@ class Server:
 
     def setup(self):
         if self.kind == 'mariadb':
-            # the tests connect as the bench user, to databases tk_<n>
-            self.query("GRANT ALL ON `tk\\_%`.* TO '{}'@'localhost'".format(
-                self.server.dsn['user']))
+            # the services connect as the bench user, the tests' own
+            # engines as the observer, to databases tk_<n>
+            self.query("CREATE USER '{0}'@'localhost' IDENTIFIED BY "
+                       "'{0}'".format(OBSERVER))
+            for user in (self.server.dsn['user'], OBSERVER):
+                self.query("GRANT ALL ON `tk\\_%`.* TO '{}'@'localhost'"
+                           .format(user))
 
     def create_database(self):
         name = 'tk_{}'.format(next(self._names))
@@ -131,27 +138,35 @@ class Server:
         else:
             self.query('DROP DATABASE {} WITH (FORCE)'.format(name))
 
-    def url(self, database):
+    def url(self, database, observer=False):
+        """The URL of ``database`` for the services; with ``observer``, for
+        the test's own look at it, whose connections the counts below
+        leave out (the server reaps a closed one a moment late)."""
         if self.kind == 'mariadb':
             dsn = self.server.dsn
+            user, password = ((OBSERVER, OBSERVER) if observer
+                              else (dsn['user'], dsn['password']))
             return 'mysql+mysqldb://{}:{}@localhost/{}?{}'.format(
-                quote(dsn['user']), quote(dsn['password']), database,
+                quote(user), quote(password), database,
                 urlencode({'unix_socket': self.server.socket,
                            'charset': 'utf8mb4'}))
+        query = {'host': self.server.dir, 'port': self.server.port}
+        if observer:
+            query['application_name'] = OBSERVER
         return 'postgresql+psycopg2://postgres@/{}?{}'.format(
-            database, urlencode({'host': self.server.dir,
-                                 'port': self.server.port}))
+            database, urlencode(query))
 
     def connections(self, database):
         """How many client connections the server has open to
         ``database``."""
         if self.kind == 'mariadb':
             sql = ('SELECT COUNT(*) FROM information_schema.PROCESSLIST '
-                   'WHERE DB = %s')
+                   'WHERE DB = %s AND USER <> %s')
         else:
             sql = ("SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
-                   "AND backend_type = 'client backend'")
-        return self.query(sql, database)[0][0]
+                   "AND backend_type = 'client backend' "
+                   "AND application_name <> %s")
+        return self.query(sql, database, OBSERVER)[0][0]
 
     def open_transactions(self, database):
         """How many connections to ``database`` are inside a transaction
@@ -159,12 +174,13 @@ class Server:
         if self.kind == 'mariadb':
             sql = ('SELECT COUNT(*) FROM information_schema.INNODB_TRX t '
                    'JOIN information_schema.PROCESSLIST p '
-                   'ON p.ID = t.trx_mysql_thread_id WHERE p.DB = %s')
+                   'ON p.ID = t.trx_mysql_thread_id WHERE p.DB = %s '
+                   'AND p.USER <> %s')
         else:
             sql = ("SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
                    "AND backend_type = 'client backend' "
-                   "AND xact_start IS NOT NULL")
-        return self.query(sql, database)[0][0]
+                   "AND xact_start IS NOT NULL AND application_name <> %s")
+        return self.query(sql, database, OBSERVER)[0][0]
 
     def lock_waits(self, database):
         """How many connections to ``database`` are inside a statement
@@ -173,11 +189,11 @@ class Server:
             # connections inside a statement (InnoDB lists the transaction
             # of one waiting for its first row lock only once it got it)
             sql = ("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
-                   "WHERE DB = %s AND COMMAND = 'Query'")
+                   "WHERE DB = %s AND COMMAND = 'Query' AND USER <> %s")
         else:
             sql = ("SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
-                   "AND wait_event_type = 'Lock'")
-        return self.query(sql, database)[0][0]
+                   "AND wait_event_type = 'Lock' AND application_name <> %s")
+        return self.query(sql, database, OBSERVER)[0][0]
 
     def terminate(self, connection_id):
         """End one client connection from the server side, by its
@@ -275,7 +291,9 @@ class Backend:
         self.server = server
         self.database = database
         self.path = path
-        self.engine = sa.create_engine(url, poolclass=NullPool)
+        self.engine = sa.create_engine(
+            server.url(database, observer=True) if server else url,
+            poolclass=NullPool)
 
     def __repr__(self):
         return '<Backend {} {}>'.format(self.name, self.url)

@@ -24,6 +24,7 @@ class EchoService:
             "content_type": request.content_type,
             "body": request.get_data(as_text=True),
             "x_custom": request.headers.get("X-Custom"),
+            "accept": request.headers.get("Accept"),
         })
 
     @http("GET", "/text")
@@ -130,6 +131,16 @@ def test_headers_are_sent(echo_service, web_session):
     assert response.json()['x_custom'] == 'yes'
 
 
+def test_accept_is_sent_as_requests_does_unless_given(echo_service,
+                                                     web_session):
+    # Nameko's web_session (a requests.Session) sends "Accept: */*", and
+    # handlers rely on it: nameko-prometheus's expose_metrics reads
+    # request.headers["Accept"]
+    assert web_session.get('/echo').json()['accept'] == '*/*'
+    response = web_session.get('/echo', headers={'accept': 'text/plain'})
+    assert response.json()['accept'] == 'text/plain'
+
+
 def test_text_is_decoded_with_the_response_charset(echo_service,
                                                    web_session):
     assert web_session.get('/text').text == 'grüße'
@@ -152,7 +163,8 @@ def test_a_303_after_a_post_is_followed_with_a_get(echo_service,
                                                    web_session):
     response = web_session.post('/see-other', json={'a': 1})
     assert response.json() == {
-        'method': 'GET', 'content_type': None, 'body': '', 'x_custom': None}
+        'method': 'GET', 'content_type': None, 'body': '', 'x_custom': None,
+        'accept': '*/*'}
 
 
 def test_the_session_can_be_shared_by_threads(echo_service, web_session):

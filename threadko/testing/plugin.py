@@ -33,15 +33,27 @@ def pytest_addhooks(pluginmanager):
 
 def takes_the_session(pluginmanager, name):
     """Whether the installed plugin ``name`` is (or will be) loaded:
-    registered already, or installed, not blocked (``-p no:<name>``;
-    the nameko bridge blocks Nameko's) and plugins load automatically."""
+    registered already, named by a ``-p`` option, or installed while
+    plugins load automatically; and not blocked (``-p no:<name>``; the
+    nameko bridge blocks Nameko's)."""
     if pluginmanager.is_blocked(name):
         return False
     if pluginmanager.has_plugin(name):
         return True
-    if os.environ.get('PYTEST_DISABLE_PLUGIN_AUTOLOAD'):
+    known = _known_args(pluginmanager)
+    if name in [arg.strip() for arg in getattr(known, 'plugins', None) or ()]:
+        return True  # ``-p <name>`` later on the command line
+    if os.environ.get('PYTEST_DISABLE_PLUGIN_AUTOLOAD') or getattr(
+            known, 'disable_plugin_autoload', False):  # pytest 8.4+
         return False
     return any(entry.name == name for entry in _pytest_entry_points())
+
+
+def _known_args(pluginmanager):
+    """The options pytest has parsed before loading any plugin (``-p``,
+    ``--disable-plugin-autoload``), or ``None``."""
+    config = pluginmanager.get_plugin('pytestconfig')
+    return getattr(config, 'known_args_namespace', None)
 
 
 def _pytest_entry_points():

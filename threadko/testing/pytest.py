@@ -240,7 +240,9 @@ def web_session(web_config_port):
     keyword arguments ``params`` (query string values), ``data`` (bytes,
     text, or a dict sent as a form), ``json`` (sent as JSON),
     ``headers``, ``timeout`` (seconds, default 30) and
-    ``allow_redirects`` (default ``True``). They return a response with
+    ``allow_redirects`` (default ``True``); as ``requests`` does, every
+    request says ``Accept: */*`` unless ``headers`` has an ``Accept`` of
+    its own. They return a response with
     ``status_code``, ``reason``, ``headers`` (case-insensitive),
     ``content`` (bytes), ``text``, ``json()``, ``ok`` and ``url``.
     Every request uses a connection of its own, so the session can be
@@ -277,9 +279,13 @@ class _WebResponse:
         return '<Response [{}]>'.format(self.status_code)
 
 
+def _default_header(headers, name, value):
+    if not any(key.lower() == name.lower() for key in headers):
+        headers[name] = value
+
+
 def _default_content_type(headers, content_type):
-    if not any(key.lower() == 'content-type' for key in headers):
-        headers['Content-Type'] = content_type
+    _default_header(headers, 'Content-Type', content_type)
 
 
 class _WebSession:
@@ -302,6 +308,9 @@ class _WebSession:
         if params:
             url += ('&' if '?' in url else '?') + urlencode(params, True)
         headers = dict(headers or {})
+        # requests' default, which handlers may rely on (nameko-prometheus
+        # reads request.headers["Accept"], a KeyError without it)
+        _default_header(headers, 'Accept', '*/*')
         body = data
         if json is not None:
             body = jsonlib.dumps(json).encode('utf-8')
