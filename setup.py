@@ -22,6 +22,7 @@ setup(
     ],
     extras_require={
         'sqlalchemy': ['SQLAlchemy>=1.4'],
+        'websocket': ['wsproto>=1.2'],
         'test': [
             # tests/test_fork.py serves a Flask app under gunicorn --preload
             'flask>=2.0',
@@ -37,6 +38,7 @@ setup(
             'pytest-timeout>=2.0',
             'sphinx>=5.0',
             'SQLAlchemy>=1.4',
+            'wsproto>=1.2',
         ],
         # scripts/bench: the chart, the drivers of the blocking_db scenario
         # (mysqlclient builds against libmariadb-dev, found by pkg-config),

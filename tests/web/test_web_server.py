@@ -553,7 +553,7 @@ def test_a_long_keep_alive_connection_and_a_prompt_stop_after_it(
 def test_queue_depth_warning_is_rate_limited(caplog):
     # waitress warns on every request that waits for a thread; under load
     # that is every request, so threadko shows it at most every 10 s
-    from threadko.web.server import _RequestThreads
+    from threadko.web.front import _RequestThreads
     threads = _RequestThreads('test')
     with caplog.at_level(logging.WARNING, logger='waitress.queue'):
         for depth in range(1, 50):

@@ -7,25 +7,18 @@ matching entrypoint answer; 404 and 405 come from the router itself.
 :class:`WebServer` is the shared extension every ``@http`` entrypoint of a
 container uses. All containers of a process configured with the same
 ``WEB_SERVER_ADDRESS`` share one :class:`HttpSite`: one :class:`Router` with
-all their routes, served by one waitress server. The server starts with
-the first of those containers and stops, gracefully, with the last.
+all their routes, served by one waitress server
+(:class:`~threadko.web.front.FrontServer`). The server starts with the
+first of those containers and stops, gracefully, with the last.
 ``WEB_SERVER_ADDRESS: null`` serves nothing (for WSGI embedding, see
 :mod:`threadko.web.wsgi`).
 """
 
-import errno
 import logging
 import re
 import threading
-import time
 from collections import namedtuple
 
-from waitress import wasyncore
-from waitress.channel import HTTPChannel
-from waitress.parser import HTTPRequestParser
-from waitress.server import create_server
-from waitress.task import ThreadedTaskDispatcher
-from waitress.utilities import RequestEntityTooLarge as _WaitressTooLarge
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.routing import Map
 from werkzeug.wrappers import Request
@@ -33,20 +26,19 @@ from werkzeug.wrappers import Request
 from threadko.constants import WEB_SERVER_CONFIG_KEY
 from threadko.exceptions import ConfigurationError
 from threadko.extensions import ProviderCollector, SharedExtension
+from threadko.web.front import (  # noqa: F401 (importable from here too)
+    DEFAULT_MAX_REQUEST_BODY_SIZE, DEFAULT_STOP_TIMEOUT,
+    MAX_REQUEST_BODY_SIZE_CONFIG_KEY, STOP_TIMEOUT_CONFIG_KEY, FrontServer,
+    front_settings,
+)
 
 _log = logging.getLogger(__name__)
 
 DEFAULT_WEB_SERVER_ADDRESS = '0.0.0.0:8000'
-#: requests with a larger body are refused with 413 (bytes)
-MAX_REQUEST_BODY_SIZE_CONFIG_KEY = 'WEB_SERVER_MAX_REQUEST_BODY_SIZE'
-DEFAULT_MAX_REQUEST_BODY_SIZE = 10 * 1024 * 1024
 #: waitress request threads; default: the sum of the containers'
 #: ``max_workers``, plus a few for requests that need no worker
 THREADS_CONFIG_KEY = 'WEB_SERVER_THREADS'
 SPARE_THREADS = 2
-#: seconds a stopping server waits for requests in flight
-STOP_TIMEOUT_CONFIG_KEY = 'WEB_SERVER_STOP_TIMEOUT'
-DEFAULT_STOP_TIMEOUT = 10.0
 
 BindAddress = namedtuple('BindAddress', ['address', 'port'])
 
@@ -93,6 +85,18 @@ class Router:
             self._providers = [provider for provider in self._providers
                                if provider not in providers]
             self._url_map = _build_map(self._providers)
+
+    def websocket_acceptor(self, path):
+        """The provider routed ``GET path`` if it accepts websockets (has
+        ``accept_websocket``), else ``None``."""
+        try:
+            provider, _ = self._url_map.bind('localhost').match(
+                path, method='GET')
+        except HTTPException:
+            return None
+        if hasattr(provider, 'accept_websocket'):
+            return provider
+        return None
 
     def __call__(self, environ, start_response):
         request = Request(environ)
@@ -147,14 +151,11 @@ class HttpSite:
         :raises ConfigurationError: the address cannot be bound
         """
         self.bind_address = bind_address
-        body_limit = config.get(
-            MAX_REQUEST_BODY_SIZE_CONFIG_KEY, DEFAULT_MAX_REQUEST_BODY_SIZE)
-        self.router = Router(body_limit)
+        settings = front_settings(config)
+        self.router = Router(settings.max_request_body_size)
         self.fixed_threads = config.get(THREADS_CONFIG_KEY)
         self.users = []
-        self.server = _WaitressServer(
-            self.router, bind_address, body_limit,
-            float(config.get(STOP_TIMEOUT_CONFIG_KEY, DEFAULT_STOP_TIMEOUT)))
+        self.server = FrontServer(self.router, bind_address, settings)
 
     @classmethod
     def acquire(cls, bind_address, config, user, workers):
@@ -201,225 +202,6 @@ class HttpSite:
         return self.server.port
 
 
-class _QueueDepthLogger:
-    """Stands in for waitress's ``waitress.queue`` logger, which warns on
-    every request that has to wait for a thread (each one, under load):
-    the same warning, at most once per ``interval`` seconds."""
-
-    def __init__(self, interval=10.0):
-        self._logger = logging.getLogger('waitress.queue')
-        self._interval = interval
-        self._next = 0.0
-
-    def warning(self, message, *args):
-        now = time.monotonic()
-        if now >= self._next:  # called under waitress's lock
-            self._next = now + self._interval
-            self._logger.warning(
-                message + ' (requests waiting for a web thread; more '
-                'WEB_SERVER_THREADS and max_workers may help; shown at most '
-                'every %d s)', *args, self._interval)
-
-
-class _RequestThreads(ThreadedTaskDispatcher):
-    """waitress's request thread pool, with threads named ``threadko-*``,
-    a count of requests in flight that a graceful stop can wait on, and
-    waitress's queue-depth warning rate-limited."""
-
-    def __init__(self, name):
-        super().__init__()
-        self.queue_logger = _QueueDepthLogger()
-        self.name = name
-        self._in_flight = 0
-        # per request only the bare lock; the condition is for wait_idle
-        self._count_lock = threading.Lock()
-        self._idle = threading.Condition(self._count_lock)
-        self._waiting = 0
-
-    def start_new_thread(self, target, thread_no):
-        thread = threading.Thread(
-            target=target, args=(thread_no,), daemon=True,
-            name='threadko-web-{}-{}'.format(self.name, thread_no))
-        thread.start()
-
-    def add_task(self, task):
-        with self._count_lock:
-            self._in_flight += 1
-        # waitress hands in the same channel for every request of a
-        # keep-alive connection: wrap, never modify it
-        super().add_task(_CountedTask(task, self._task_done))
-
-    def _task_done(self):
-        with self._count_lock:
-            self._in_flight -= 1
-            if self._waiting:
-                self._idle.notify_all()
-
-    def wait_idle(self, timeout):
-        with self._count_lock:
-            self._waiting += 1
-            try:
-                return self._idle.wait_for(
-                    lambda: self._in_flight == 0, timeout)
-            finally:
-                self._waiting -= 1
-
-
-class _CountedTask:
-    """A waitress task that reports when it has been serviced or
-    cancelled."""
-
-    __slots__ = ('task', 'done')
-
-    def __init__(self, task, done):
-        self.task = task
-        self.done = done
-
-    def service(self):
-        try:
-            self.task.service()
-        finally:
-            self.done()
-
-    def cancel(self):
-        try:
-            self.task.cancel()
-        finally:
-            self.done()
-
-    def __repr__(self):
-        return repr(self.task)
-
-
-def _body_limited_channel(limit):
-    """waitress's connection class, refusing (413) a request whose body is
-    over ``limit`` bytes: at once from its Content-Length, as soon as the
-    decoded chunks pass it for a chunked body.
-
-    waitress's own limit counts a chunked body with its chunk framing, so
-    a body under the limit could be refused; it is only a backstop here
-    (see :func:`_raw_body_limit`). Uses waitress internals:
-    ``parser_class``, and the parser's ``content_length``, ``chunked``,
-    ``body_rcv``, ``error`` and ``completed``.
-    """
-    class Parser(HTTPRequestParser):
-        def received(self, data):
-            consumed = super().received(data)
-            # waitress's own 413 (a huge Content-Length, or absurd chunk
-            # framing) gets this message too: it names the configured limit
-            if isinstance(self.error, _WaitressTooLarge) or (
-                    self.error is None and (
-                        self.content_length > limit
-                        or (self.chunked and self.body_rcv is not None
-                            and len(self.body_rcv) > limit))):
-                self.error = _WaitressTooLarge(
-                    'The request body is larger than {} bytes.'.format(limit))
-                self.completed = True
-            return consumed
-
-    class Channel(HTTPChannel):
-        parser_class = Parser
-
-    return Channel
-
-
-def _raw_body_limit(limit):
-    """waitress's limit (bodies of that many bytes *or more* are refused,
-    chunk framing included): room for any sane framing above ``limit``."""
-    if limit is None:
-        return 2 ** 62
-    return 2 * limit + 64 * 1024
-
-
-class _WaitressServer:
-    """A waitress server on its own thread, stoppable gracefully."""
-
-    def __init__(self, app, bind_address, max_request_body_size,
-                 stop_timeout):
-        host = bind_address.address
-        self.threads = _RequestThreads(str(bind_address.port))
-        try:
-            self._server = create_server(
-                app, host=host, port=bind_address.port,
-                _dispatcher=self.threads, ident='threadko',
-                max_request_body_size=_raw_body_limit(max_request_body_size),
-                clear_untrusted_proxy_headers=False)
-        except OSError as exc:
-            self.threads.shutdown(timeout=1)
-            reason = ('the address is already in use'
-                      if exc.errno == errno.EADDRINUSE else exc.strerror)
-            raise ConfigurationError(
-                'Cannot serve HTTP on {}:{}: {}. Set {} to a free '
-                '`[host:]port`, or stop what is using it.'.format(
-                    host, bind_address.port, reason, WEB_SERVER_CONFIG_KEY))
-        if max_request_body_size is not None:
-            self._server.channel_class = _body_limited_channel(
-                max_request_body_size)
-        self.port = int(self._server.effective_port)
-        self._stop_timeout = stop_timeout
-        self._draining = False
-        self._deadline = None
-        # the server thread closes the trigger when it ends; nobody may
-        # pull it after that (its file descriptor may be reused)
-        self._trigger_lock = threading.Lock()
-        self._trigger_closed = False
-        self._thread = threading.Thread(
-            target=self._run, daemon=True,
-            name='threadko-web-server-{}'.format(self.port))
-        self._thread.start()
-        _log.info('serving HTTP on %s:%s', host, self.port)
-
-    def set_thread_count(self, count):
-        self.threads.set_thread_count(count)
-
-    def _run(self):
-        server = self._server
-        socket_map = server._map
-        loop = server.asyncore.loop
-        while not self._drained():
-            loop(timeout=0.5, map=socket_map, count=1)
-        with self._trigger_lock:
-            self._trigger_closed = True
-            for channel in list(socket_map.values()):
-                channel.close()  # idle keep-alive connections, the trigger
-            socket_map.clear()
-
-    def _wake(self, thunk=None):
-        with self._trigger_lock:
-            if not self._trigger_closed:
-                self._server.trigger.pull_trigger(thunk)
-
-    def _drained(self):
-        # runs on the server thread, between loop iterations
-        if not self._draining:
-            return False
-        if time.monotonic() >= self._deadline:
-            return True
-        channels = self._server.active_channels.values()
-        return (self.threads.wait_idle(0)
-                and not any(channel.requests or channel.total_outbufs_len
-                            for channel in channels))
-
-    def stop(self, timeout=None):
-        """Stop accepting connections, let requests in flight finish and
-        their responses go out (up to ``timeout`` seconds), then close
-        every connection and end the server and request threads."""
-        timeout = self._stop_timeout if timeout is None else timeout
-        self._deadline = time.monotonic() + timeout
-
-        def close_listener():
-            # the dispatcher's close, not the server's (that one closes
-            # the trigger too, which we still need)
-            wasyncore.dispatcher.close(self._server)
-            self._draining = True
-
-        self._wake(close_listener)
-        self.threads.wait_idle(timeout)
-        self._wake()  # re-check, now idle
-        self._thread.join(timeout + 1)
-        self.threads.shutdown(timeout=1)
-
-
 class WebServer(ProviderCollector, SharedExtension):
     """The container's side of HTTP serving: collects its ``@http``
     entrypoints and adds them to the process's :class:`HttpSite` for
@@ -451,6 +233,9 @@ class WebServer(ProviderCollector, SharedExtension):
         self.site = site
 
     def stop(self):
+        # the providers unregister as they stop: a websocket server once it
+        # has told its sockets it is going away
+        self.wait_for_providers()
         self._leave(timeout=None)
 
     def kill(self):
