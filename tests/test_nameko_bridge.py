@@ -266,8 +266,6 @@ def test_missing_modules_raise_an_import_error_that_says_what_to_do(
 
         statements = ["import " + name for name in sorted(MISSING)] + [
             # the same modules reached through their package
-            "from nameko.web import websocket",
-            "from nameko.testing import websocket",
             "from nameko.utils import retry",
             "from nameko.cli import backdoor",
             # a Nameko module threadko has no counterpart of
@@ -291,10 +289,6 @@ def test_missing_modules_raise_an_import_error_that_says_what_to_do(
     expected = {'import ' + name: (name, advice)
                 for name, advice in MISSING.items()}
     expected.update({
-        'from nameko.web import websocket': (
-            'nameko.web.websocket', MISSING['nameko.web.websocket']),
-        'from nameko.testing import websocket': (
-            'nameko.testing.websocket', MISSING['nameko.testing.websocket']),
         'from nameko.utils import retry': (
             'nameko.utils.retry', MISSING['nameko.utils.retry']),
         'from nameko.cli import backdoor': (
@@ -323,7 +317,6 @@ def test_missing_advice_names_what_to_use():
     assert 'threadko shell' in MISSING['nameko.cli.backdoor']
     assert 'tenacity' in MISSING['nameko.utils.retry']
     assert 'threadko.messaging.Publisher' in MISSING['nameko.amqp.publish']
-    assert 'websockets' in MISSING['nameko.web.websocket']
 
 
 def test_nameko_amqp_is_threadkos_for_undeliverable_message(run_child):

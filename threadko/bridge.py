@@ -33,10 +33,6 @@ MISSING = {
         'UndeliverableMessage is importable from nameko.amqp'),
     'nameko.utils.retry': (
         'threadko has no retry decorator: use tenacity, or a loop'),
-    'nameko.web.websocket': (
-        'threadko does not have websockets yet'),
-    'nameko.testing.websocket': (
-        'threadko does not have websockets yet'),
 }
 
 

@@ -437,6 +437,16 @@ CHECKS = {
         1, default="the containers' max_workers + 2", text=True),
     # HttpSite reads it with float()
     'WEB_SERVER_STOP_TIMEOUT': seconds(text=True),
+    # HttpRequestHandler: a 500 says only an error id (logged) when true
+    'WEB_SERVER_HIDE_ERROR_DETAILS': optional(boolean, 'means false'),
+    # threadko.web.front's (its module imports waitress)
+    'WEB_SERVER_CONNECTION_LIMIT': whole_number(1),
+    'WEB_SERVER_HEADER_TIMEOUT': seconds(above_zero=True),
+    'WEB_SERVER_IDLE_TIMEOUT': seconds(above_zero=True),
+    'WEBSOCKET_PING_INTERVAL': seconds(above_zero=True),
+    'WEBSOCKET_IDLE_TIMEOUT': seconds(above_zero=True),
+    'WEBSOCKET_MAX_MESSAGE_SIZE': optional(whole_number(1), 'means no limit'),
+    'WEBSOCKET_MAX_SEND_BUFFER': optional(whole_number(1), 'means no limit'),
     SHUTDOWN_GRACE_PERIOD_CONFIG_KEY: time_limit,
     START_TIMEOUT_CONFIG_KEY: time_limit,
     LOGGING_CONFIG_KEY: optional(

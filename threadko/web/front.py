@@ -238,8 +238,13 @@ def _channel_class(settings, router):
         parser_class = Parser
         #: the websocket this connection became, if it did
         websocket = None
-        #: when the headers of the request being read are due
-        header_deadline = None
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            #: when the headers of the request being read are due: a new
+            #: connection's first request counts from the connection; a
+            #: keep-alive connection between requests is only idle
+            self.header_deadline = time.monotonic() + settings.header_timeout
 
         def received(self, data):
             websocket = self.websocket

@@ -21,6 +21,9 @@ Exceptions become responses in :meth:`HttpRequestHandler.response_from_exception
 400 for ``expected_exceptions`` and :class:`~threadko.exceptions.BadRequest`,
 a werkzeug ``HTTPException`` (``abort(404)``, a malformed JSON body) as
 itself, 500 otherwise; the body names the exception, never the traceback.
+With ``WEB_SERVER_HIDE_ERROR_DETAILS: true`` the body of a 500 says only
+``Internal Server Error (error id <hex>)``, and the same id is logged with
+the error (see :meth:`HttpRequestHandler.hidden_error_response`).
 
 Each request runs a worker, like any entrypoint: at most ``max_workers`` at
 once, the request waiting for a free slot. The worker runs on the request's
@@ -29,30 +32,47 @@ which saves two thread switches per request.
 """
 
 
+import logging
+import uuid
+
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Rule
 from werkzeug.wrappers import Response
 
+from threadko.containers import _describe
 from threadko.exceptions import BadRequest, ContainerBeingKilled, serialize
 from threadko.extensions import Entrypoint
 from threadko.web.server import WebServer
 
 __all__ = ['HttpRequestHandler', 'http']
 
+_log = logging.getLogger(__name__)
+
+#: true: a 500 tells the client an error id, not the exception (default
+#: false: its type and message, as in Nameko)
+HIDE_ERROR_DETAILS_CONFIG_KEY = 'WEB_SERVER_HIDE_ERROR_DETAILS'
+
 
 class _Outcome:
     """A worker's result, captured by its ``handle_result``."""
 
-    __slots__ = ('done', 'result', 'exc_info')
+    __slots__ = ('done', 'result', 'exc_info', 'worker_ctx')
 
     def __init__(self):
         self.done = False
         self.result = None
         self.exc_info = None
+        self.worker_ctx = None
 
     def handle_result(self, worker_ctx, result, exc_info):
         self.done, self.result, self.exc_info = True, result, exc_info
+        self.worker_ctx = worker_ctx
         return result, exc_info
+
+    def raised(self, exc):
+        """True if ``exc`` is what the service method raised (the
+        container has logged it, with its traceback)."""
+        return self.exc_info is not None and self.exc_info[1] is exc
 
     def get(self):
         if not self.done:
@@ -73,6 +93,8 @@ class HttpRequestHandler(Entrypoint):
     """
 
     server = WebServer()
+    #: from ``WEB_SERVER_HIDE_ERROR_DETAILS`` at setup
+    hide_error_details = False
 
     def __init__(self, method, url, **kwargs):
         self.method = method
@@ -87,6 +109,8 @@ class HttpRequestHandler(Entrypoint):
         return Rule(self.url, methods=methods)
 
     def setup(self):
+        self.hide_error_details = bool(
+            self.container.config.get(HIDE_ERROR_DETAILS_CONFIG_KEY))
         self.server.register_provider(self)
 
     def start(self):
@@ -110,6 +134,7 @@ class HttpRequestHandler(Entrypoint):
     def handle_request(self, request):
         """Run a worker for ``request`` and return its response."""
         request.shallow = False
+        outcome = None
         try:
             if self._stopping:
                 raise ContainerBeingKilled()
@@ -125,7 +150,30 @@ class HttpRequestHandler(Entrypoint):
             response = self.response_from_result(outcome.get())
         except Exception as exc:
             response = self.response_from_exception(exc)
+            error_id = getattr(response, 'error_id', None)
+            if error_id is not None:
+                self._log_hidden_error(error_id, exc, request, outcome)
         return response
+
+    def _log_hidden_error(self, error_id, exc, request, outcome):
+        """One ERROR line with the id the client was given. An error of
+        the service method has been logged with its traceback just before,
+        by the container (``error handling worker <worker>: ...``): this
+        line names that worker. Any other error (a bad return value, a
+        failing override) is logged nowhere else: it gets its traceback
+        here. The query string is left out: it may carry secrets."""
+        if outcome is not None and outcome.raised(exc):
+            _log.error(
+                'error id %s: %s %s answered 500 without details; the '
+                'error of worker %s: %s: %s', error_id, request.method,
+                request.path, outcome.worker_ctx, type(exc).__name__,
+                _describe(exc), extra={'error_id': error_id})
+        else:
+            _log.error(
+                'error id %s: %s %s answered 500 without details: %s: %s',
+                error_id, request.method, request.path, type(exc).__name__,
+                _describe(exc), extra={'error_id': error_id},
+                exc_info=(type(exc), exc, exc.__traceback__))
 
     def response_from_result(self, result):
         """Turn a method's return value into a ``Response``."""
@@ -157,11 +205,28 @@ class HttpRequestHandler(Entrypoint):
         if isinstance(exc, self.expected_exceptions) or isinstance(
                 exc, BadRequest):
             status = 400
+        elif self.hide_error_details:
+            return self.hidden_error_response(exc)
         else:
             status = 500
         error = serialize(exc)
         return Response(
             'Error: {exc_type}: {value}\n'.format(**error), status=status)
+
+    def hidden_error_response(self, exc):
+        """The 500 for an unexpected ``exc`` under
+        ``WEB_SERVER_HIDE_ERROR_DETAILS``: ``Internal Server Error (error
+        id <32 hex digits>)``, nothing about ``exc``. The response carries
+        the id as its ``error_id`` attribute; :meth:`handle_request` logs
+        the error with that id, for any response with an ``error_id``
+        (an override of :meth:`response_from_exception` making JSON
+        errors can call this and reuse the id, or set its own)."""
+        error_id = uuid.uuid4().hex
+        response = Response(
+            'Internal Server Error (error id {})\n'.format(error_id),
+            status=500)
+        response.error_id = error_id
+        return response
 
 
 http = HttpRequestHandler.decorator
