@@ -42,12 +42,15 @@ setup(
         ],
         # scripts/bench: the chart, the drivers of the blocking_db scenario
         # (mysqlclient builds against libmariadb-dev, found by pkg-config),
-        # and threadko.sqlalchemy's SQLAlchemy for the sqlalchemy_db scenario
+        # threadko.sqlalchemy's SQLAlchemy for the sqlalchemy_db scenario,
+        # and wsproto for threadko.web.websocket and the websocket load
+        # generator of the ws_rpc and ws_fanout scenarios
         'bench': [
             'matplotlib>=3.5',
             'mysqlclient>=2.0',
             'psycopg2-binary>=2.9',
             'SQLAlchemy>=1.4',
+            'wsproto>=1.2',
         ],
         'dev': [
             'matplotlib>=3.5',

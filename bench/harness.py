@@ -52,10 +52,13 @@ NAMEKO_BENCH_PINS = nameko_venv.NAMEKO_BENCH_PINS
 NAMEKO_BENCH_VENV = REPO_ROOT / '.nameko-bench-venv'
 
 SCENARIOS = ('rpc_seq', 'rpc_par', 'events', 'http', 'blocking_db',
-             'sqlalchemy_db', 'footprint')
+             'sqlalchemy_db', 'footprint', 'ws_rpc', 'ws_fanout')
 AMQP_TARGETS = ('threadko', 'nameko', 'raw_pika')
 HTTP_TARGETS = ('threadko', 'nameko', 'waitress')
 DB_TARGETS = ('threadko', 'nameko')
+WS_TARGETS = ('threadko', 'nameko')
+#: the websocket load generator (both targets'): threadko's virtualenv
+WS_LOADGEN = 'ws_client.py'
 PEER_FILES = {
     'threadko': 'threadko_peer.py',
     'nameko': 'nameko_peer.py',
@@ -68,6 +71,7 @@ EVENT_QUEUE = 'evt-{}-{}--bench_counter.handle'.format(
 START_TIMEOUT = 60  # seconds for a server to say READY
 STOP_TIMEOUT = 30  # seconds for a server to exit after SIGTERM
 HTTP_WARM_UP = 1  # seconds of load before each measured HTTP run
+WS_WARM_UP = 1  # seconds of ws_rpc load before each measured run
 THREADKO_WEB_THREADS = 12  # threadko's default: max_workers (10) + 2
 
 
@@ -297,6 +301,33 @@ class Bench:
                 target, 'sqlalchemy_db', '--duration', self.args.duration,
                 '--in-flight', self.args.in_flight)
 
+    def ws_rpc(self, target):
+        return self._websocket(
+            target, 'ws_rpc', '--connections', self.args.ws_connections,
+            '--warmup-s', WS_WARM_UP, '--duration', self.args.duration)
+
+    def ws_fanout(self, target):
+        return self._websocket(
+            target, 'ws_fanout', '--subscribers', self.args.ws_subscribers,
+            '--few', self.args.ws_few, '--broadcasts', self.args.ws_broadcasts,
+            '--warmup-s', WS_WARM_UP)
+
+    def _websocket(self, target, scenario, *extra):
+        """The target's websocket service, and the load generator shared
+        by all targets (one process, threadko's virtualenv) against it; the
+        load generator reads the server's threads, RSS and CPU time from
+        /proc."""
+        port = free_port()
+        address = '127.0.0.1:{}'.format(port)
+        with running(self.server(target, scenario,
+                                 '--web-address', address)) as server:
+            argv = [self.pythons['threadko'], WS_LOADGEN, scenario,
+                    '--port', port, '--server-pid', server.process.pid]
+            loadgen = Peer(self._label(target, 'loadgen', scenario),
+                           argv + list(extra), self.workdir)
+            with running(loadgen):
+                return loadgen.result(300)
+
     def footprint(self, target):
         """From starting the service to its first answer, then its RSS."""
         with running(self.client(target, 'footprint')) as client:
@@ -352,6 +383,9 @@ class Bench:
                     self.run_blocking_db()
                 elif scenario == 'sqlalchemy_db':
                     self.run_sqlalchemy_db()
+                elif scenario in ('ws_rpc', 'ws_fanout'):
+                    self.measure(scenario, WS_TARGETS,
+                                 getattr(self, scenario))
                 else:
                     self.measure(scenario, AMQP_TARGETS,
                                  getattr(self, scenario))
@@ -406,6 +440,10 @@ class Bench:
                 'concurrency': self.args.concurrency,
                 'max_workers': 10,
                 'web_threads': THREADKO_WEB_THREADS,
+                'ws_connections': self.args.ws_connections,
+                'ws_subscribers': self.args.ws_subscribers,
+                'ws_few': self.args.ws_few,
+                'ws_broadcasts': self.args.ws_broadcasts,
             },
             'scenarios': self.scenarios,
             'errors': self.errors,
@@ -423,7 +461,9 @@ class _Url:
 def _brief(result):
     shown = []
     for name in ('calls_per_s', 'events_per_s', 'requests_per_s', 'p50_ms',
-                 'p99_ms', 'concurrency', 'wall_s', 'startup_s', 'rss_mib'):
+                 'p99_ms', 'concurrency', 'wall_s', 'startup_s', 'rss_mib',
+                 'fanout_ms', 'threads_few', 'threads_many', 'rss_many_mib',
+                 'server_cpu_share', 'client_cpu_share'):
         if name in result:
             shown.append('{} {:,.2f}'.format(name, result[name]))
     return '  '.join(shown)
@@ -518,6 +558,8 @@ def describe_machine(bench):
     }
     for dist in ('threadko', 'pika', 'waitress', 'werkzeug'):
         machine[dist] = dist_version(dist)
+    if {'ws_rpc', 'ws_fanout'} & set(bench.args.scenarios):
+        machine['wsproto'] = dist_version('wsproto')
     if 'sqlalchemy_db' in bench.args.scenarios:
         with contextlib.suppress(PackageNotFoundError):
             machine['sqlalchemy'] = dist_version('SQLAlchemy')
@@ -591,6 +633,17 @@ def parse_args(argv=None):
     parser.add_argument('--loadgen', choices=('auto', 'wrk', 'python'),
                         default='auto')
     parser.add_argument('--concurrency', type=int, default=20)
+    parser.add_argument('--ws-connections', type=int, default=32,
+                        help='ws_rpc: websockets, each calling call after '
+                             'call')
+    parser.add_argument('--ws-subscribers', type=int, default=2000,
+                        help='ws_fanout: subscribed websockets (--quick '
+                             'keeps it)')
+    parser.add_argument('--ws-few', type=int, default=10,
+                        help='ws_fanout: the subscribed websockets of the '
+                             'first thread count')
+    parser.add_argument('--ws-broadcasts', type=int, default=5,
+                        help='ws_fanout: broadcasts timed per run')
     parser.add_argument('--quick', action='store_true',
                         help='tiny counts and one round: checks that the '
                              'harness works, measures nothing')

@@ -14,7 +14,7 @@ import json
 import os
 import statistics
 import sys
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MD = os.path.join(REPO_ROOT, 'docs', 'benchmarks.md')
@@ -56,13 +56,18 @@ class Scenario(NamedTuple):
     targets: Tuple[str, ...]  # the expected targets, in the order shown
     metrics: Tuple[Metric, ...]
     ratios: Tuple[Ratio, ...] = ()
-    chart: Tuple[str, ...] = ()  # metrics that get a panel of the chart
+    #: metrics that get a panel of the chart; a tuple of metrics shares
+    #: one panel, a group of bars per target
+    chart: Tuple = ()
+    #: a line under the table, formatted with the run's options
+    note: str = ''
 
 
 CALLS = Metric('calls_per_s', 'calls/s')
 P50 = Metric('p50_ms', 'p50 ms', lower_is_better=True)
 P99 = Metric('p99_ms', 'p99 ms', lower_is_better=True)
 AMQP_TARGETS = ('threadko', 'nameko', 'raw_pika')
+WS_TARGETS = ('threadko', 'nameko')
 DB_METRICS = (Metric('concurrency', 'concurrency'),
               Metric('wall_s', 'wall s', lower_is_better=True))
 DB_RATIOS = (Ratio('concurrency', OPTION_PREFIX + 'max_workers',
@@ -106,6 +111,27 @@ SCENARIOS = (
              (Metric('rss_mib', 'RSS MiB', lower_is_better=True),
               Metric('startup_s', 'start-up s', lower_is_better=True)),
              (), ('rss_mib', 'startup_s')),
+    Scenario('ws_rpc', 'Websocket RPC', WS_TARGETS,
+             (CALLS, P50, P99,
+              Metric('server_cpu_ms_per_call', 'server CPU ms/call',
+                     lower_is_better=True)),
+             (Ratio('calls_per_s', 'nameko', '\u00d7 Nameko'),),
+             ('calls_per_s',),
+             note='{ws_connections} websockets, one call in flight on each.'),
+    Scenario('ws_fanout', 'Websocket fan-out', WS_TARGETS,
+             (Metric('fanout_ms', 'fan-out ms', lower_is_better=True),
+              Metric('first_event_ms', 'first event ms',
+                     lower_is_better=True),
+              Metric('threads_few', 'threads (few)', lower_is_better=True),
+              Metric('threads_many', 'threads (all)', lower_is_better=True),
+              Metric('rss_few_mib', 'RSS MiB (few)', lower_is_better=True),
+              Metric('rss_many_mib', 'RSS MiB (all)', lower_is_better=True)),
+             (Ratio('fanout_ms', 'nameko', 'fan-out \u00d7 Nameko'),),
+             ('fanout_ms', 'rss_many_mib', ('threads_few', 'threads_many')),
+             note='few: {ws_few} subscribed websockets; all: '
+                  '{ws_subscribers}. Fan-out: to the last of the '
+                  '{ws_subscribers}, the median of {ws_broadcasts} '
+                  'broadcasts per run.'),
 )
 SCENARIO_BY_KEY = {scenario.key: scenario for scenario in SCENARIOS}
 
@@ -113,13 +139,16 @@ SCENARIO_BY_KEY = {scenario.key: scenario for scenario in SCENARIOS}
 class Target(NamedTuple):
     """A target of the issue: ``target``'s median ``metric`` in
     ``scenario`` over ``against``'s (a target, or ``option:<name>``) must be
-    ``direction`` (``'>='`` or ``'<='``) ``required``."""
+    ``direction`` (``'>='`` or ``'<='``) ``required``. With
+    ``against_metric``, the reference is that metric of ``against``
+    (``threads_many`` over ``threads_few`` of one target, say)."""
     scenario: str
     metric: str
     target: str
     against: str
     required: float
     direction: str
+    against_metric: Optional[str] = None
 
 
 TARGETS = (
@@ -135,6 +164,11 @@ TARGETS = (
     Target('blocking_db_mysql', 'concurrency', 'threadko',
            OPTION_PREFIX + 'max_workers', 0.9, '>='),
     Target('sqlalchemy_db', 'calls_per_s', 'threadko', 'nameko', 3.0, '>='),
+    Target('ws_rpc', 'calls_per_s', 'threadko', 'nameko', 2.0, '>='),
+    Target('ws_fanout', 'fanout_ms', 'threadko', 'nameko', 1.0, '<='),
+    # threads flat: no more with all the websockets than with a few
+    Target('ws_fanout', 'threads_many', 'threadko', 'threadko', 1.0, '<=',
+           against_metric='threads_few'),
 )
 
 HOW_MEASURED = (
@@ -190,6 +224,32 @@ HOW_MEASURED = (
      "pika: its server process): start-up is the time from starting the "
      'process until its first RPC answer, RSS the resident memory of the '
      'service process after that answer. No target.'),
+    ('ws_rpc, ws_fanout',
+     'The same service class on both frameworks, with the websocket '
+     '@rpc and WebSocketHubProvider of threadko.web.websocket and '
+     "nameko.web.websocket (Nameko's runs on eventlet's websockets), on "
+     "the framework's web server with its default config. The clients "
+     'are one load generator process shared by both targets: every '
+     'websocket a non-blocking socket on one selectors loop, the protocol '
+     "done by wsproto; it also reads the server process's threads, RSS "
+     'and CPU time from /proc.'),
+    ('ws_rpc',
+     '{ws_connections} websockets, each calling an echo method call after '
+     'call (one call in flight per socket) for 1 s, then for {duration} s '
+     'measured: calls/s, p50 and p99 latency, and the server\'s CPU time '
+     'per call.'),
+    ('ws_fanout',
+     'First 1 s of echo calls from 32 websockets at once, which are then '
+     'closed (so the server has made the worker threads it makes for '
+     'calls: threadko up to max_workers, kept). Then one trigger '
+     'websocket and {ws_few} websockets each subscribing (an @rpc call) '
+     "to one hub channel: the server's threads and RSS; then more, up to "
+     '{ws_subscribers} subscribed: threads and RSS again. Then '
+     '{ws_broadcasts} times, a broadcast @rpc call on the trigger socket, '
+     'timed from sending it until the last subscribed socket has read the '
+     'whole event (parsed by wsproto after the clock stops); the table '
+     'shows the median. Threads are flat when the count with all the '
+     'websockets is no more than with a few.'),
 )
 
 
@@ -240,7 +300,8 @@ def check_targets(results):
     :param results: a parsed results file.
     :returns: one dict per target, in :data:`TARGETS` order: its fields
         (``scenario``, ``metric``, ``target``, ``against``, ``required``,
-        ``direction``), ``value`` and ``reference`` (the two medians, or
+        ``direction``, ``against_metric``), ``value`` and ``reference``
+        (the two medians, or
         the run option), ``ratio`` (``value / reference``) and ``met``
         (True, False, or None when a number is missing).
     """
@@ -249,7 +310,7 @@ def check_targets(results):
         value = median(results, target.scenario, target.target,
                        target.metric)
         reference = _reference(results, target.scenario, target.against,
-                               target.metric)
+                               target.against_metric or target.metric)
         ratio = _ratio(value, reference)
         if ratio is None:
             met = None
@@ -331,7 +392,8 @@ def _machine_lines(results):
                       ('waitress', 'waitress'), ('werkzeug', 'werkzeug'),
                       ('sqlalchemy', 'SQLAlchemy'),
                       ('nameko_sqlalchemy', 'nameko-sqlalchemy'),
-                      ('mariadb', 'MariaDB'), ('postgresql', 'PostgreSQL')):
+                      ('mariadb', 'MariaDB'), ('postgresql', 'PostgreSQL'),
+                      ('wsproto', 'wsproto')):
         if machine.get(key):
             software.append('{} {}'.format(name, machine[key]))
     if machine.get('loadgen'):
@@ -357,18 +419,25 @@ def _targets_section(results):
     rows = []
     for row in checked:
         label = _metric_label(row['scenario'], row['metric'])
-        measured = '{} {} \u00b7 {} {}'.format(
-            _name(row['target']), _num(row['value']),
-            _name(row['against']), _num(row['reference']))
+        if row['against_metric']:  # two metrics of one target
+            other = _metric_label(row['scenario'], row['against_metric'])
+            name = '`{}` {}: {} / {}'.format(
+                row['scenario'], _name(row['target']), label, other)
+            measured = '{} {} \u00b7 {} {}'.format(
+                label, _num(row['value']), other, _num(row['reference']))
+        else:
+            name = '`{}` {}: {} / {}'.format(
+                row['scenario'], label, _name(row['target']),
+                _name(row['against']))
+            measured = '{} {} \u00b7 {} {}'.format(
+                _name(row['target']), _num(row['value']),
+                _name(row['against']), _num(row['reference']))
         required = '{} {:g}\u00d7'.format(
             '\u2265' if row['direction'] == '>=' else '\u2264',
             row['required'])
         met = {True: MET, False: NOT_MET}.get(
             row['met'], 'n/a ({})'.format(NOT_MEASURED))
-        rows.append(('`{}` {}: {} / {}'.format(
-            row['scenario'], label, _name(row['target']),
-            _name(row['against'])),
-            measured, _times(row['ratio']), required, met))
+        rows.append((name, measured, _times(row['ratio']), required, met))
     met_count = sum(1 for row in checked if row['met'])
     lines = ['## Targets', '',
              '{} of {} targets met. Ratios are of the medians.'.format(
@@ -411,7 +480,11 @@ def _scenario_section(results, scenario):
                 _reference(results, scenario.key, ratio.against,
                            ratio.metric))))
         rows.append(row)
-    return lines + _table(header, rows)
+    lines += _table(header, rows)
+    if scenario.note:
+        lines += ['', scenario.note.format_map(
+            _Options(results.get('options') or {}))]
+    return lines
 
 
 def _other_scenarios_section(results, key):
@@ -505,14 +578,21 @@ def _matplotlib():
 
 def chart(results, png_path):
     """Write the chart of ``results`` to ``png_path``: one bar panel per
-    charted metric of each scenario, the medians labelled.
+    charted metric (or group of metrics) of each scenario, the medians
+    labelled.
 
     :raises MissingMatplotlib: if matplotlib is not installed.
     """
     Figure, FigureCanvasAgg = _matplotlib()
-    panels = [(scenario, metric)
-              for scenario in SCENARIOS for metric in scenario.metrics
-              if metric.key in scenario.chart]
+    panels = []
+    for scenario in SCENARIOS:
+        for charted in scenario.chart:
+            keys = (charted,) if isinstance(charted, str) else charted
+            metrics = tuple(metric for key in keys
+                            for metric in scenario.metrics
+                            if metric.key == key)
+            panels.append((scenario, metrics[0] if len(metrics) == 1
+                           else metrics))
     columns = 3
     rows = -(-len(panels) // columns)
     figure = Figure(figsize=(12, 8 * rows / 3), dpi=100)  # 8 for 3 rows
@@ -529,6 +609,8 @@ def chart(results, png_path):
 
 
 def _panel(axes, results, scenario, metric):
+    if not isinstance(metric, Metric):  # a group of them
+        return _grouped_panel(axes, results, scenario, metric)
     better = 'lower' if metric.lower_is_better else 'higher'
     axes.set_title('{}: {}\n({} is better)'.format(
         scenario.key, metric.label, better), fontsize=10)
@@ -567,6 +649,47 @@ def _panel(axes, results, scenario, metric):
     axes.set_xlim(-0.6, len(targets) - 0.4)
     axes.set_xticks(range(len(targets)))
     axes.set_xticklabels([_name(t) for t in targets])
+    for side in ('top', 'right'):
+        axes.spines[side].set_visible(False)
+
+
+def _grouped_panel(axes, results, scenario, metrics):
+    """Several metrics of one scenario: a group of bars per target, the
+    metrics told apart by shade."""
+    axes.set_title('{}: {}\n(left to right in each group)'.format(
+        scenario.key, ', '.join(metric.label for metric in metrics)),
+        fontsize=10)
+    axes.tick_params(labelsize=9)
+    if scenario.key not in (results.get('scenarios') or {}):
+        axes.text(0.5, 0.5, NOT_MEASURED, ha='center', va='center',
+                  transform=axes.transAxes, color='#718096')
+        axes.set_xticks([])
+        axes.set_yticks([])
+        return
+    targets = _scenario_targets(results, scenario)
+    width = 0.8 / len(metrics)
+    values = {(t, m.key): median(results, scenario.key, t, m.key)
+              for t in targets for m in metrics}
+    top = max([v for v in values.values() if v is not None] or [1]) or 1
+    for index, metric in enumerate(metrics):
+        shade = 1.0 - 0.45 * index / max(1, len(metrics) - 1)
+        for x, target in enumerate(targets):
+            place = x - 0.4 + width * (index + 0.5)
+            value = values[(target, metric.key)]
+            if value is None:
+                axes.text(place, 0, 'n/a', ha='center', va='bottom',
+                          fontsize=8, color='#718096')
+                continue
+            axes.bar(place, value, width=width * 0.9, alpha=shade,
+                     color=COLOURS.get(target, OTHER_COLOUR),
+                     label=metric.label if x == 0 else None)
+            axes.text(place, value + top * 0.02, _num(value), ha='center',
+                      va='bottom', fontsize=8)
+    axes.set_ylim(0, top * 1.35)
+    axes.set_xlim(-0.6, len(targets) - 0.4)
+    axes.set_xticks(range(len(targets)))
+    axes.set_xticklabels([_name(t) for t in targets])
+    axes.legend(fontsize=8, frameon=False, loc='upper right')
     for side in ('top', 'right'):
         axes.spines[side].set_visible(False)
 

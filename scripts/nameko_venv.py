@@ -26,14 +26,21 @@ try:
 except ImportError:  # Windows: no lock between concurrent sessions
     fcntl = None
 
-NAMEKO_PINS = ('nameko==2.14.1', 'eventlet==0.41.3', 'werkzeug<3')
+#: Nameko and what it needs to run
+NAMEKO_CORE_PINS = ('nameko==2.14.1', 'eventlet==0.41.3', 'werkzeug<3')
+#: the interop tests' venv: Nameko, and websocket-client for its websocket
+#: test helper (nameko.testing.websocket; 0.48.0 is Nameko's own dev pin)
+NAMEKO_PINS = NAMEKO_CORE_PINS + ('websocket-client==0.48.0',)
 #: the benchmarks' venv (bench/harness.py, ``.nameko-bench-venv``): Nameko,
 #: the database drivers of ``blocking_db`` (and of ``sqlalchemy_db``:
 #: MySQLdb), and nameko-sqlalchemy 1.5.0 for ``sqlalchemy_db``. It declares
 #: ``sqlalchemy`` without a version; 1.4 is the last series its own pytest
 #: fixtures work with (they bind ``MetaData``, gone in 2.0), so the one its
-#: users run; 1.4.54 is the last 1.4 release.
-NAMEKO_BENCH_PINS = NAMEKO_PINS + (
+#: users run; 1.4.54 is the last 1.4 release. The websocket scenarios
+#: (``ws_rpc``, ``ws_fanout``) need nothing more: ``nameko.web.websocket``
+#: runs on eventlet's own ``eventlet.websocket``, and its rules take
+#: werkzeug 2.x's ``websocket=True`` (``werkzeug<3`` above).
+NAMEKO_BENCH_PINS = NAMEKO_CORE_PINS + (
     'mysqlclient', 'psycopg2-binary', 'nameko-sqlalchemy==1.5.0',
     'SQLAlchemy==1.4.54')
 STAMP_NAME = 'threadko-interop-stamp.json'

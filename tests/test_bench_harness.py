@@ -1,6 +1,7 @@
 """``python -m bench`` measures every AMQP scenario end to end on RabbitMQ
-(tiny counts, threadko and the raw pika floor; the Nameko peers need their
-own virtualenv and are left to scripts/bench)."""
+(tiny counts, threadko and the raw pika floor), and the websocket scenarios
+on threadko (the shared load generator against it); the Nameko peers need
+their own virtualenv and are left to scripts/bench."""
 
 import json
 import os
@@ -20,7 +21,8 @@ def test_quick_run_records_every_scenario_and_target(rabbit_config, tmp_path):
         [sys.executable, '-m', 'bench', '--quick', '--no-docs',
          '--uri', rabbit_config['AMQP_URI'],
          '--targets', 'threadko,raw_pika',
-         '--scenarios', 'rpc_seq,rpc_par,events,footprint',
+         '--scenarios', 'rpc_seq,rpc_par,events,footprint,ws_rpc,ws_fanout',
+         '--ws-subscribers', '40', '--ws-few', '4', '--ws-broadcasts', '2',
          '--output', str(output)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=170)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -29,7 +31,8 @@ def test_quick_run_records_every_scenario_and_target(rabbit_config, tmp_path):
     assert results['errors'] == []
     assert results['machine']['rabbitmq']
     scenarios = results['scenarios']
-    assert sorted(scenarios) == ['events', 'footprint', 'rpc_par', 'rpc_seq']
+    assert sorted(scenarios) == ['events', 'footprint', 'rpc_par', 'rpc_seq',
+                                 'ws_fanout', 'ws_rpc']
     for name, metric in [('rpc_seq', 'calls_per_s'),
                          ('rpc_par', 'calls_per_s'),
                          ('events', 'events_per_s'),
@@ -43,3 +46,17 @@ def test_quick_run_records_every_scenario_and_target(rabbit_config, tmp_path):
         'events'] == 100
     assert scenarios['footprint']['targets']['threadko']['runs'][0][
         'rss_mib'] > 1
+
+    # websockets: threadko only (raw pika has no websocket server)
+    assert list(scenarios['ws_rpc']['targets']) == ['threadko']
+    ws_rpc, = scenarios['ws_rpc']['targets']['threadko']['runs']
+    assert ws_rpc['calls_per_s'] > 0 and ws_rpc['connections'] == 32
+    assert ws_rpc['p99_ms'] >= ws_rpc['p50_ms'] > 0
+    fanout, = scenarios['ws_fanout']['targets']['threadko']['runs']
+    assert (fanout['subscribers'], fanout['few']) == (40, 4)
+    assert len(fanout['broadcasts']) == 2
+    assert fanout['fanout_ms'] >= fanout['first_event_ms'] > 0
+    # the worker pool is bounded: no thread per websocket
+    assert fanout['threads_many'] == fanout['threads_few'] > 1
+    assert fanout['rss_many_mib'] > 1
+    assert results['options']['ws_subscribers'] == 40

@@ -73,6 +73,48 @@ def test_blocking_db_target_is_a_share_of_max_workers(results):
     assert row['met'] is False
 
 
+def test_websocket_targets_rpc_fanout_and_flat_threads(results):
+    rpc = _checked(results, 'ws_rpc', 'nameko')
+    assert rpc['value'] == 2674.4  # median of 3265.7, 1758.1, 2674.4
+    assert rpc['reference'] == 2809.6
+    assert (rpc['required'], rpc['direction']) == (2.0, '>=')
+    assert rpc['met'] is False
+
+    fanout = _checked(results, 'ws_fanout', 'nameko')
+    assert (fanout['metric'], fanout['direction']) == ('fanout_ms', '<=')
+    assert fanout['ratio'] == pytest.approx(74.5 / 45.9)
+    assert fanout['met'] is False
+
+    # flat: threadko's threads with 2,000 websockets over its own with 10
+    flat = _checked(results, 'ws_fanout', 'threadko')
+    assert (flat['metric'], flat['against_metric']) == (
+        'threads_many', 'threads_few')
+    assert (flat['value'], flat['reference'], flat['met']) == (25, 25, True)
+    runs = results['scenarios']['ws_fanout']['targets']['threadko']['runs']
+    for run in runs:
+        run['threads_many'] = 35  # ten threads more with more sockets
+    assert _checked(results, 'ws_fanout', 'threadko')['met'] is False
+
+
+def test_the_websocket_rows_and_tables(results):
+    page = report.markdown(results)
+
+    assert _target_row(page, '`ws_rpc` calls/s: threadko / Nameko')[2:] == [
+        '0.95×', '≥ 2×', '❌']
+    assert _target_row(page, '`ws_fanout` fan-out ms: threadko / Nameko')[
+        2:] == ['1.62×', '≤ 1×', '❌']
+    assert _target_row(
+        page, '`ws_fanout` threadko: threads (all) / threads (few)') == [
+        '`ws_fanout` threadko: threads (all) / threads (few)',
+        'threads (all) 25 · threads (few) 25', '1.00×', '≤ 1×', '✅']
+    fanout = page.split('### Websocket fan-out (`ws_fanout`)')[1]
+    assert '| threadko | 3 | 74.5 | 9.10 | 25 | 25 | 37.1 | 56.2 | 1.62× |' \
+        in fanout
+    assert '| Nameko | 3 | 45.9 | 1.10 | 1 | 1 | 50.3 | 126 | — |' in fanout
+    assert 'few: 10 subscribed websockets; all: 2000.' in fanout
+    assert '**ws_fanout.**' in page.split('## How it was measured')[1]
+
+
 def test_the_targets_table_marks_what_is_met_and_what_is_not(results):
     page = report.markdown(results)
 
@@ -85,7 +127,7 @@ def test_the_targets_table_marks_what_is_met_and_what_is_not(results):
     assert http[2:] == ['0.79×', '≥ 0.9×', '❌']
     p99 = _target_row(page, '`http` p99 ms: threadko / Nameko')
     assert p99[2:] == ['0.78×', '≤ 1×', '✅']
-    assert '8 of 11 targets met.' in page
+    assert '9 of 14 targets met.' in page
 
 
 def test_the_page_has_its_sections_in_order(results):
@@ -139,7 +181,7 @@ def test_a_missing_scenario_or_target_is_not_measured(results):
 def test_an_empty_results_file_still_renders():
     page = report.markdown({})
 
-    assert '0 of 11 targets met.' in page
+    assert '0 of 14 targets met.' in page
     assert page.count('Not measured in this run.') == len(report.SCENARIOS)
 
 

@@ -107,6 +107,7 @@ INVALID = [
     ('WEB_SERVER_IDLE_TIMEOUT', 'soon', 'seconds above 0'),
     ('WEBSOCKET_PING_INTERVAL', -1, 'seconds above 0'),
     ('WEBSOCKET_IDLE_TIMEOUT', None, 'seconds above 0'),
+    ('WEBSOCKET_IDLE_TIMEOUT', 21, 'above WEBSOCKET_PING_INTERVAL + 1 (21.0)'),
     ('WEBSOCKET_MAX_MESSAGE_SIZE', 0, 'null means no limit'),
     ('WEBSOCKET_MAX_SEND_BUFFER', '1MB', 'null means no limit'),
     ('SHUTDOWN_GRACE_PERIOD', 'soon', '0 or less, means no limit'),

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 
 from threadko.constants import (
     ACCEPT_CONFIG_KEY, AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY,
-    HEARTBEAT_CONFIG_KEY, LOGGING_CONFIG_KEY, LOGIN_METHOD_CONFIG_KEY,
+    DEFAULT_WEBSOCKET_PING_INTERVAL, HEARTBEAT_CONFIG_KEY, LOGGING_CONFIG_KEY, LOGIN_METHOD_CONFIG_KEY,
     MAX_WORKERS_CONFIG_KEY, PARENT_CALLS_CONFIG_KEY, RPC_EXCHANGE_CONFIG_KEY,
     SERIALIZER_CONFIG_KEY, SERIALIZERS_CONFIG_KEY,
     SERVICE_CONTAINER_CLS_CONFIG_KEY, SHUTDOWN_GRACE_PERIOD_CONFIG_KEY,
@@ -399,6 +399,18 @@ _transport_options = mapping(
     })
 
 
+def _websocket_idle_timeout(value, config):
+    """Seconds, longer than the ping interval plus the second the server
+    may take to notice: else a client that answers pings is closed."""
+    seconds(above_zero=True)(value, config)
+    ping = config.get('WEBSOCKET_PING_INTERVAL',
+                      DEFAULT_WEBSOCKET_PING_INTERVAL)
+    if _is_number(ping) and value <= ping + 1:
+        raise _Invalid(
+            'a number of seconds above WEBSOCKET_PING_INTERVAL + 1 ({}), '
+            'so that a client has time to answer a ping'.format(ping + 1))
+
+
 #: One checker per key threadko reads: ``check(value, config)`` returns
 #: when ``value`` is fine, and raises ``_Invalid`` otherwise. The web
 #: server's and the events' keys are spelled out: their constants live in
@@ -444,7 +456,7 @@ CHECKS = {
     'WEB_SERVER_HEADER_TIMEOUT': seconds(above_zero=True),
     'WEB_SERVER_IDLE_TIMEOUT': seconds(above_zero=True),
     'WEBSOCKET_PING_INTERVAL': seconds(above_zero=True),
-    'WEBSOCKET_IDLE_TIMEOUT': seconds(above_zero=True),
+    'WEBSOCKET_IDLE_TIMEOUT': _websocket_idle_timeout,
     'WEBSOCKET_MAX_MESSAGE_SIZE': optional(whole_number(1), 'means no limit'),
     'WEBSOCKET_MAX_SEND_BUFFER': optional(whole_number(1), 'means no limit'),
     SHUTDOWN_GRACE_PERIOD_CONFIG_KEY: time_limit,

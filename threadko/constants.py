@@ -42,6 +42,9 @@ DEFAULT_TRANSPORT_OPTIONS = {
 DEFAULT_AMQP_URI = 'memory://'
 DEFAULT_THREAD_JOIN_TIMEOUT = 10.0
 DEFAULT_SHUTDOWN_GRACE_PERIOD = 25.0
+# seconds of silence before a websocket is pinged (threadko.web.front; here
+# for the config checks, which must not import waitress)
+DEFAULT_WEBSOCKET_PING_INTERVAL = 20.0
 
 CALL_ID_STACK_CONTEXT_KEY = 'call_id_stack'
 AUTH_TOKEN_CONTEXT_KEY = 'auth_token'

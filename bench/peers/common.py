@@ -24,9 +24,15 @@ DB_SLEEP = 0.1  # seconds each blocking_db call spends in the database
 SQLALCHEMY_ROWS = 1000  # rows of the sqlalchemy_db table; a call picks one
 SQLALCHEMY_CODE = 'item-{:05d}'  # the code of row number n
 SQLALCHEMY_WARM_UP = 1.0  # seconds of sqlalchemy_db load before measuring
+WS_SERVICE = 'bench_ws'  # the ws_rpc and ws_fanout service
+WS_ECHO = 'echo'  # its @rpc methods (websocket rpc)
+WS_SUBSCRIBE = 'subscribe'
+WS_BROADCAST = 'broadcast'
+WS_CHANNEL = 'bench'  # the hub channel every ws_fanout socket subscribes to
+WS_EVENT = 'bench_event'  # the event ws_fanout broadcasts
 
 SCENARIOS = ('rpc_seq', 'rpc_par', 'events', 'http', 'blocking_db',
-             'sqlalchemy_db', 'footprint')
+             'sqlalchemy_db', 'footprint', 'ws_rpc', 'ws_fanout')
 
 
 def add_arguments(parser):
@@ -67,6 +73,19 @@ def run_peer(doc, serve, client):
     command line says."""
     args = parse_arguments(doc)
     (serve if args.role == 'serve' else client)(args)
+
+
+def raise_open_files_limit():
+    """Let this process open as many descriptors as the hard limit allows
+    (each websocket is one)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            pass  # the run fails later, saying which socket it could not open
 
 
 def emit(result):

@@ -30,8 +30,8 @@ from nameko.web.handlers import http
 
 from common import (
     EVENT_TYPE, PAYLOAD, SERVICE, SOURCE_SERVICE, blocking_db_client,
-    concurrent_batch, dispatch_events, echo_client, run_peer,
-    sqlalchemy_code, sqlalchemy_db_client, timed_pipeline,
+    concurrent_batch, dispatch_events, echo_client, raise_open_files_limit,
+    run_peer, sqlalchemy_code, sqlalchemy_db_client, timed_pipeline,
     timed_pipeline_timed)
 from services import (
     DB_SERVICE, SQLALCHEMY_SERVICE, service_for, sqlalchemy_config)
@@ -48,15 +48,32 @@ def serve(args):
         # only here: no other scenario (footprint's RSS) loads SQLAlchemy
         from nameko_sqlalchemy import DatabaseSession
         config.update(sqlalchemy_config(args.db_url))
+    websocket = None
+    if args.scenario in ('ws_rpc', 'ws_fanout'):
+        # each websocket is a file descriptor: 2,000 of them in ws_fanout
+        raise_open_files_limit()
+        from nameko.web.websocket import WebSocketHubProvider, rpc as ws_rpc
+        websocket = (ws_rpc, WebSocketHubProvider)
     runner = ServiceRunner(config)
     runner.add_service(service_for(
-        args, rpc, http, event_handler, DependencyProvider, DatabaseSession))
+        args, rpc, http, event_handler, DependencyProvider, DatabaseSession,
+        websocket))
 
     def shutdown(signum, frame):
         # signal handlers can't use eventlet primitives: stop in a greenlet
         eventlet.spawn_n(runner.stop)
 
+    def tick():
+        # the greenlet above runs once the hub wakes up; Python retries
+        # epoll after a signal (PEP 475) with the hub's own timeout, up to
+        # 60 s when nothing is scheduled (a service without AMQP: http,
+        # ws_*), so the stop would wait that long. A wake-up per second
+        # costs nothing measurable
+        while True:
+            eventlet.sleep(1)
+
     signal.signal(signal.SIGTERM, shutdown)
+    eventlet.spawn_n(tick)
     runner.start()
     print('READY', flush=True)
     # as `nameko run`: wait in a greenlet, ignoring EINTR from the signal

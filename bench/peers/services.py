@@ -13,13 +13,20 @@ In ``sqlalchemy_db``, each call reads one row by an indexed column and
 updates it through the framework's SQLAlchemy ``DatabaseSession``
 (threadko.sqlalchemy, or nameko-sqlalchemy 1.5.0 for Nameko), on MariaDB
 through MySQLdb; SQLAlchemy is imported only for that scenario.
+
+In ``ws_rpc`` and ``ws_fanout``, the service is called over websockets
+(``nameko.web.websocket`` / ``threadko.web.websocket``: the same ``rpc``
+and ``WebSocketHubProvider``, and the same protocol): ``echo`` answers its
+argument, ``subscribe`` puts the calling socket on a hub channel,
+``broadcast`` sends an event to every socket on one.
 """
 
 import json
 import queue
 
 from common import (
-    DB_SLEEP, EVENT_TYPE, HELLO, SERVICE, SOURCE_SERVICE, seen_file_writer)
+    DB_SLEEP, EVENT_TYPE, HELLO, SERVICE, SOURCE_SERVICE, WS_EVENT,
+    WS_SERVICE, seen_file_writer)
 
 DB_SERVICE = 'bench_db'
 SQLALCHEMY_SERVICE = 'bench_sqlalchemy'
@@ -137,11 +144,39 @@ def sqlalchemy_service(rpc, DatabaseSession):
     return BenchSqlalchemy
 
 
+def websocket_service(rpc, WebSocketHubProvider):
+    """The ``ws_rpc`` and ``ws_fanout`` service class, on the given
+    framework's websocket ``rpc`` and ``WebSocketHubProvider``. Every
+    method takes the calling socket's id first, as websocket ``@rpc``
+    methods do."""
+
+    class BenchWs:
+        name = WS_SERVICE
+        hub = WebSocketHubProvider()
+
+        @rpc
+        def echo(self, socket_id, value):
+            return value
+
+        @rpc
+        def subscribe(self, socket_id, channel):
+            self.hub.subscribe(socket_id, channel)
+            return channel
+
+        @rpc
+        def broadcast(self, socket_id, channel, data):
+            self.hub.broadcast(channel, WS_EVENT, data)
+            return True
+
+    return BenchWs
+
+
 def service_for(args, rpc, http, event_handler, DependencyProvider,
-                DatabaseSession=None):
+                DatabaseSession=None, websocket=None):
     """The service class of ``args.scenario``, built on the given
     framework's names (``DatabaseSession``, its SQLAlchemy provider, only
-    for ``sqlalchemy_db``)."""
+    for ``sqlalchemy_db``; ``websocket``, its websocket ``(rpc,
+    WebSocketHubProvider)``, only for ``ws_rpc`` and ``ws_fanout``)."""
     if args.scenario == 'events':
         mark_seen = seen_file_writer(args.expect, args.seen_file)
 
@@ -167,6 +202,9 @@ def service_for(args, rpc, http, event_handler, DependencyProvider,
 
     if args.scenario == 'sqlalchemy_db':
         return sqlalchemy_service(rpc, DatabaseSession)
+
+    if args.scenario in ('ws_rpc', 'ws_fanout'):
+        return websocket_service(*websocket)
 
     class Echo:
         name = SERVICE

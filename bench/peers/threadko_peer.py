@@ -26,8 +26,8 @@ from threadko.web.handlers import http  # noqa: E402
 
 from common import (  # noqa: E402
     EVENT_TYPE, PAYLOAD, SERVICE, SOURCE_SERVICE, blocking_db_client,
-    concurrent_threads, dispatch_events, echo_client, run_peer,
-    serve_until_sigterm, sqlalchemy_code, sqlalchemy_db_client,
+    concurrent_threads, dispatch_events, echo_client, raise_open_files_limit,
+    run_peer, serve_until_sigterm, sqlalchemy_code, sqlalchemy_db_client,
     threaded_loop, threaded_loop_timed)
 from services import (  # noqa: E402
     DB_SERVICE, SQLALCHEMY_SERVICE, service_for, sqlalchemy_config)
@@ -44,9 +44,16 @@ def serve(args):
         # only here: no other scenario (footprint's RSS) loads SQLAlchemy
         from threadko.sqlalchemy import DatabaseSession
         config.update(sqlalchemy_config(args.db_url))
+    websocket = None
+    if args.scenario in ('ws_rpc', 'ws_fanout'):
+        # each websocket is a file descriptor: 2,000 of them in ws_fanout
+        raise_open_files_limit()
+        from threadko.web.websocket import WebSocketHubProvider, rpc as ws_rpc
+        websocket = (ws_rpc, WebSocketHubProvider)
     runner = ServiceRunner(config)
     runner.add_service(service_for(
-        args, rpc, http, event_handler, DependencyProvider, DatabaseSession))
+        args, rpc, http, event_handler, DependencyProvider, DatabaseSession,
+        websocket))
     serve_until_sigterm(runner.start, runner.stop)
 
 

@@ -1,6 +1,6 @@
 """Shared helpers of the HTTP tests: a plain HTTP client (stdlib), the
 port a container serves on, test threads that are always joined, and a
-work-around for the waitress stop bug reproduced in test_web_server.py."""
+count of the service methods running at once."""
 
 import threading
 from concurrent.futures import Future

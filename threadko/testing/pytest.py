@@ -251,6 +251,46 @@ def web_session(web_config_port):
     return _WebSession('http://127.0.0.1:{}/'.format(web_config_port))
 
 
+@pytest.fixture
+def websocket(web_config_port):
+    """A factory of websocket clients for the services of
+    :func:`web_config`, as Nameko's fixture: each call connects one to
+    ``ws://127.0.0.1:<web_config_port>/ws`` and returns its socket
+    (:class:`threadko.testing.websocket.Socket`: ``rpc(method, **data)``,
+    ``wait_for_event(event_type)``, ``get_event_queue(event_type)``, and
+    ``app``, the connection, with ``close()``)::
+
+        def test_chat(container_factory, web_config, websocket):
+            container_factory(Chat).start()
+            ws = websocket()
+            ws.rpc("join", room="lobby")
+            assert ws.wait_for_event("joined") == ("joined", {...})
+
+    ``websocket(headers={...})`` adds headers to the upgrade request (an
+    addition to Nameko's). Every client is closed, and its reader thread
+    joined, at teardown."""
+    from threadko.testing.websocket import make_virtual_socket
+
+    active_sockets = []
+
+    def socket_creator(headers=None):
+        ws_app, connect_socket = make_virtual_socket(
+            '127.0.0.1', web_config_port, headers=headers)
+        active_sockets.append(ws_app)
+        socket = connect_socket()
+        socket.app = ws_app
+        return socket
+
+    try:
+        yield socket_creator
+    finally:
+        for ws_app in active_sockets:
+            try:
+                ws_app.close()
+            except Exception:  # pragma: no cover
+                pass
+
+
 class _WebResponse:
     """What :func:`web_session` returns for a request."""
 

@@ -34,7 +34,9 @@ from waitress.server import create_server
 from waitress.task import ThreadedTaskDispatcher
 from waitress.utilities import RequestEntityTooLarge as _WaitressTooLarge
 
-from threadko.constants import WEB_SERVER_CONFIG_KEY
+from threadko.constants import (
+    DEFAULT_WEBSOCKET_PING_INTERVAL, WEB_SERVER_CONFIG_KEY,
+)
 from threadko.exceptions import ConfigurationError
 
 _log = logging.getLogger(__name__)
@@ -56,7 +58,6 @@ IDLE_TIMEOUT_CONFIG_KEY = 'WEB_SERVER_IDLE_TIMEOUT'
 DEFAULT_IDLE_TIMEOUT = 120.0
 #: seconds between pings of a quiet websocket
 WEBSOCKET_PING_INTERVAL_CONFIG_KEY = 'WEBSOCKET_PING_INTERVAL'
-DEFAULT_WEBSOCKET_PING_INTERVAL = 20.0
 #: seconds a websocket may stay silent (pongs count) before it is closed
 WEBSOCKET_IDLE_TIMEOUT_CONFIG_KEY = 'WEBSOCKET_IDLE_TIMEOUT'
 DEFAULT_WEBSOCKET_IDLE_TIMEOUT = 60.0
@@ -67,6 +68,9 @@ DEFAULT_WEBSOCKET_MAX_MESSAGE_SIZE = 1024 * 1024
 #: client that does not read
 WEBSOCKET_MAX_SEND_BUFFER_CONFIG_KEY = 'WEBSOCKET_MAX_SEND_BUFFER'
 DEFAULT_WEBSOCKET_MAX_SEND_BUFFER = 1024 * 1024
+
+#: the close code of websockets closed because the server stops
+GOING_AWAY = 1001
 
 # how often the I/O thread looks for timed-out connections (whole seconds:
 # waitress's cleanup_interval)
@@ -285,14 +289,14 @@ def _channel_class(settings, router):
             websocket = WebSocket(self, settings)
             response = websocket.handshake(request)
 
-            def open_socket(greeting):
+            def open_socket(greeting, before=None):
                 with self.requests_lock:
                     # from now on the bytes it receives are the websocket's
                     self.websocket = websocket
                     for queued in self.requests:
                         queued.close()
                     self.requests = []
-                websocket.send_handshake(response, greeting)
+                websocket.send_handshake(response, greeting, before)
 
             if not websocket.open or not acceptor.accept_websocket(
                     websocket, environ, open_socket):
@@ -379,6 +383,11 @@ class FrontServer:
         # pull it after that (its file descriptor may be reused)
         self._trigger_lock = threading.Lock()
         self._trigger_closed = False
+        # ... and every pull goes through that check: waitress's channels
+        # (and websockets, from worker threads) call server.pull_trigger(),
+        # which may come after the server thread ended (a request thread
+        # finishing a websocket handshake, a worker closing a socket)
+        self._server.pull_trigger = self._wake
         self._thread = threading.Thread(
             target=self._run, daemon=True,
             name='threadko-web-server-{}'.format(self.port))
@@ -395,10 +404,21 @@ class FrontServer:
         while not self._drained():
             # poll(): select() cannot watch descriptors above 1024
             loop(timeout=0.5, map=socket_map, count=1, use_poll=True)
+        # websockets still open get their close frame (going away) now,
+        # written at once if the client reads: a kill stops this server
+        # at the same time as the websocket server that would send it
+        for channel in list(socket_map.values()):
+            websocket = getattr(channel, 'websocket', None)
+            if websocket is not None:
+                websocket.close(GOING_AWAY, 'server stopping')
         with self._trigger_lock:
             self._trigger_closed = True
             for channel in list(socket_map.values()):
-                channel.close()  # idle keep-alive connections, the trigger
+                if getattr(channel, 'websocket', None) is not None:
+                    # tells its websocket server it is gone
+                    channel.handle_close()
+                else:
+                    channel.close()  # idle keep-alive connections, the trigger
             socket_map.clear()
 
     def _sweep(self, now):
@@ -409,15 +429,21 @@ class FrontServer:
         idle_before = now - self.settings.idle_timeout
         late = 0
         for channel in list(self._server.active_channels.values()):
-            if channel.will_close:
-                continue
             websocket = getattr(channel, 'websocket', None)
             if websocket is not None:
+                # a closing one too: it may have to be dropped
                 websocket.check(monotonic)
+            elif channel.will_close:
+                continue
             elif (channel.header_deadline is not None
                     and monotonic >= channel.header_deadline):
                 channel.will_close = True
-                late += 1
+                if channel.request is not None:
+                    late += 1  # it sent part of a request
+                else:
+                    # it sent nothing: a browser's spare connection, say
+                    _log.debug('dropped %s: no request within %ss',
+                               channel, self.settings.header_timeout)
             elif not channel.requests and channel.last_activity < idle_before:
                 channel.will_close = True
         if late:
@@ -435,8 +461,16 @@ class FrontServer:
         # runs on the server thread, between loop iterations
         if not self._draining:
             return False
-        if time.monotonic() >= self._deadline:
+        now = time.monotonic()
+        if now >= self._deadline:
             return True
+        # the sweep stopped with the listener: websockets whose close
+        # frame does not go out (clients that do not read) are dropped
+        # here, rather than hold the stop for its whole timeout
+        for channel in list(self._server.active_channels.values()):
+            websocket = getattr(channel, 'websocket', None)
+            if websocket is not None:
+                websocket.expire(now)
         channels = self._server.active_channels.values()
         return (self.threads.wait_idle(0)
                 and not any(channel.requests or channel.total_outbufs_len

@@ -43,7 +43,7 @@ from werkzeug.routing import Rule
 from werkzeug.wrappers import Request, Response
 
 from threadko.exceptions import (
-    ConnectionNotFound, ContainerBeingKilled, MalformedRequest,
+    ConnectionNotFound, MalformedRequest,
     MethodNotFound, serialize,
 )
 from threadko.extensions import (
@@ -152,19 +152,30 @@ class WebSocketServer(ProviderCollector, SharedExtension):
 
     def accept_websocket(self, websocket, environ, open_socket):
         """A new socket (on a request thread): its upgrade request's WSGI
-        ``environ``; ``open_socket(greeting)`` completes the handshake and
-        sends the ``connected`` event. Returns False to refuse it (the
-        container is stopping)."""
+        ``environ``; ``open_socket(greeting, before)`` completes the
+        handshake and sends the ``connected`` event, calling ``before()``
+        first. Returns False to refuse it (the container is stopping)."""
         if self._stopping:
             return False
         context_data = self.wsgi_server.context_data_from_headers(
             Request(environ))
         websocket.on_message = self._received
         websocket.on_closed = self.remove_socket
-        open_socket(self.serialize_event(
-            'connected', {'socket_id': websocket.socket_id}))
-        # only now: nothing may reach the socket before its greeting
-        self.add_websocket(websocket, context_data)
+        # registered before the handshake goes out, so that a call the
+        # client makes as soon as it has it finds the socket; under the
+        # socket's lock, so that nothing reaches it before its greeting
+        open_socket(
+            self.serialize_event(
+                'connected', {'socket_id': websocket.socket_id}),
+            partial(self.add_websocket, websocket, context_data))
+        if websocket.closing:
+            # gone during the handshake, perhaps before the front knew it
+            # was a websocket (then nothing else tells us it left)
+            self.remove_socket(websocket)
+        elif self._stopping:
+            # stop() began meanwhile, and may have closed the others
+            # before this one was registered
+            websocket.close(GOING_AWAY, 'server stopping')
         return True
 
     def add_websocket(self, websocket, initial_context_data=None):
@@ -227,11 +238,14 @@ class WebSocketServer(ProviderCollector, SharedExtension):
         """The socket's call is answered: start its next one, if any."""
         with self._lock:
             if websocket.pending:
+                was_backlogged = websocket.backlogged()
                 payload = websocket.pending.popleft()
             else:
                 websocket.busy = False
                 return
         self._inbox.put((websocket, payload))
+        if was_backlogged:
+            websocket.resume_reading()
 
     def _dispatch(self):
         # the dispatcher thread: waiting for a free worker happens here

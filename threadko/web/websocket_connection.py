@@ -8,6 +8,20 @@ Threads: :meth:`WebSocket.receive`, :meth:`~WebSocket.check` and
 :meth:`~WebSocket.send_text` and :meth:`~WebSocket.close` on any thread
 (workers replying and broadcasting). One lock per socket orders every use
 of its protocol state and every write, so frames never interleave.
+
+No write waits: waitress's ``write_soon`` blocks its caller while more
+than ``outbuf_high_watermark`` bytes (16 MiB) wait to be sent, until the
+I/O thread sent some; that would hold the socket's lock (which the I/O
+thread then waits for) or, on the I/O thread, never end. A socket with
+that much unsent is dropped instead, whatever
+``WEBSOCKET_MAX_SEND_BUFFER`` says.
+
+Closing: a close frame is queued and the connection closed once it is
+sent. A client that does not read never gets it, and the I/O thread sees
+no moment to close the connection (it is never writable): the socket's
+:meth:`~WebSocket.check` drops a socket that is still closing
+:data:`CLOSE_TIMEOUT` seconds later, and one dropped from another thread
+is closed by the I/O thread at once.
 """
 
 import logging
@@ -20,7 +34,7 @@ try:
     from wsproto import ConnectionType, WSConnection
     from wsproto.events import (
         AcceptConnection, BytesMessage, CloseConnection, Message, Ping,
-        Pong, Request, TextMessage,
+        Request, TextMessage,
     )
     from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 except ImportError as exc:  # pragma: no cover (the extra is installed)
@@ -36,6 +50,9 @@ MESSAGE_TOO_BIG = 1009
 #: messages of one socket waiting for its call in progress before the
 #: server stops reading from it (the client then waits, as TCP makes it)
 BACKLOG = 16
+#: seconds a socket may take to get its close frame out before its
+#: connection is dropped anyway (a client that does not read)
+CLOSE_TIMEOUT = 5.0
 
 
 class WebSocket:
@@ -53,6 +70,8 @@ class WebSocket:
         self._protocol = WSConnection(ConnectionType.SERVER)
         self._lock = threading.Lock()
         self._closing = False
+        self._close_deadline = None
+        self._lost = False  # the connection is closed
         self._parts = []  # of the message being received
         self._size = 0
         self._last_heard = time.monotonic()
@@ -89,12 +108,26 @@ class WebSocket:
         self.open = True
         return response
 
-    def send_handshake(self, response, greeting):
+    def send_handshake(self, response, greeting, before=None):
         """Send the handshake's ``response`` and, in the same write, the
-        first message (so nothing can come between them)."""
+        first message (so nothing can come between them).
+
+        ``before()`` is called first, holding the socket's lock: the server
+        registers the socket there, so that a message the client sends as
+        soon as it has the response finds it registered, and anything
+        sent to it from then on (a broadcast) waits for the lock, coming
+        after the greeting."""
         with self._lock:
+            if before is not None:
+                before()
             self._write(response + self._protocol.send(
                 Message(data=greeting)))
+
+    @property
+    def closing(self):
+        """Whether the socket is closed or closing (it takes no more
+        messages)."""
+        return self._closing
 
     # -- the I/O thread ------------------------------------------------------
 
@@ -149,9 +182,18 @@ class WebSocket:
         enough of its messages wait already."""
         return len(self.pending) >= BACKLOG
 
+    def resume_reading(self):
+        """The backlog went down (any thread): wake the I/O thread, which
+        otherwise notices only at its next poll timeout."""
+        self._channel.server.pull_trigger()
+
     def check(self, now):
-        """Ping a quiet socket, close one quiet for too long (the front's
-        sweep, about every second)."""
+        """Ping a quiet socket, close one quiet for too long, drop one that
+        should be closed by now (the front's sweep, about every second,
+        and its stop)."""
+        if self._closing or self._channel.will_close:
+            self.expire(now)
+            return
         quiet = now - self._last_heard
         if quiet >= self._settings.websocket_idle_timeout:
             _log.info('closing %s: nothing heard for %.0fs (%s)', self,
@@ -164,10 +206,27 @@ class WebSocket:
                 if not self._closing:
                     self._write(self._protocol.send(Ping()))
 
+    def expire(self, now):
+        """Drop the connection of a socket that was dropped (from another
+        thread, or by waitress), or that has been closing since
+        :data:`CLOSE_TIMEOUT` seconds. On the I/O thread."""
+        if self._lost:
+            return
+        deadline = self._close_deadline
+        if self._channel.will_close or (
+                deadline is not None and now >= deadline):
+            self._drop()
+
+    def _drop(self):
+        # on the I/O thread
+        if not self._lost:
+            self._channel.handle_close()
+
     def connection_lost(self):
         """The connection closed (either side)."""
         with self._lock:
             self._closing = True
+            self._lost = True
         on_closed = self.on_closed
         if on_closed is not None:
             on_closed(self)
@@ -199,8 +258,18 @@ class WebSocket:
     # -- with the lock ---------------------------------------------------------
 
     def _write(self, data):
+        channel = self._channel
+        unsent = channel.total_outbufs_len
+        if unsent > channel.adj.outbuf_high_watermark:
+            # write_soon would wait (see the module docstring)
+            _log.warning(
+                'closing %s: its client does not read (%d bytes not sent, '
+                'more than the server buffers for one connection)', self,
+                unsent)
+            self._abort()
+            return False
         try:
-            self._channel.write_soon(data)
+            channel.write_soon(data)
         except Exception:  # ClientDisconnected, or the socket failed
             self._closing = True
             return False
@@ -217,16 +286,24 @@ class WebSocket:
             data = b''
         if data:
             self._write(data)
+        if self._closing:  # the write failed: gone already, or dropped
+            return
         self._closing = True
+        self._close_deadline = time.monotonic() + CLOSE_TIMEOUT
         channel = self._channel
         with channel.requests_lock:
             channel.close_when_flushed = True
         channel.server.pull_trigger()
 
     def _abort(self):
+        """Drop the connection, sending nothing more. The I/O thread closes
+        it at once: waitress would close a ``will_close`` channel only once
+        it is writable, which one whose client does not read is not."""
         self._closing = True
         self._channel.will_close = True
-        self._channel.server.pull_trigger()
+        # the front's pull_trigger (FrontServer._wake) takes a function to
+        # run on the I/O thread
+        self._channel.server.pull_trigger(self._drop)
 
 
 def _rejection(error):
