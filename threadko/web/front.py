@@ -23,6 +23,7 @@ This module uses waitress internals, named where they are used.
 import errno
 import logging
 import resource
+import select
 import threading
 import time
 from collections import namedtuple
@@ -400,10 +401,9 @@ class FrontServer:
     def _run(self):
         server = self._server
         socket_map = server._map
-        loop = server.asyncore.loop
+        poller = _Poller()
         while not self._drained():
-            # poll(): select() cannot watch descriptors above 1024
-            loop(timeout=0.5, map=socket_map, count=1, use_poll=True)
+            poller.poll(0.5, socket_map)
         # websockets still open get their close frame (going away) now,
         # written at once if the client reads: a kill stops this server
         # at the same time as the websocket server that would send it
@@ -494,6 +494,57 @@ class FrontServer:
         self._wake()  # re-check, now idle
         self._thread.join(timeout + 1)
         self.threads.shutdown(timeout=1)
+
+
+class _Poller:
+    """waitress's ``poll2`` (one round of its I/O loop), keeping one
+    ``poll()`` object between rounds: ``select()`` cannot watch descriptors
+    above 1024, and waitress's ``poll2`` registers every connection anew
+    each round, asking each whether it is readable and writable. Here a
+    websocket that is only waiting for its client (the usual state of
+    thousands of them) costs a few attribute reads per round, and a
+    descriptor is re-registered only when what it waits for changed."""
+
+    def __init__(self):
+        self._pollster = select.poll()
+        self._registered = {}  # fd -> the flags it is registered with
+
+    def poll(self, timeout, socket_map):
+        registered = self._registered
+        pollster = self._pollster
+        for fd, obj in list(socket_map.items()):
+            websocket = getattr(obj, 'websocket', None)
+            if websocket is not None and not (
+                    obj.will_close or obj.close_when_flushed
+                    or obj.total_outbufs_len or websocket.backlogged()):
+                flags = _READ  # its readable(), and not writable()
+            else:
+                flags = 0
+                if obj.readable():
+                    flags = _READ
+                if obj.writable() and not obj.accepting:
+                    flags |= select.POLLOUT
+            if registered.get(fd, 0) != flags:
+                if not flags:
+                    pollster.unregister(fd)
+                    del registered[fd]
+                else:
+                    pollster.register(fd, flags)  # or re-registers it
+                    registered[fd] = flags
+        for fd in registered.keys() - socket_map.keys():  # closed since
+            pollster.unregister(fd)
+            del registered[fd]
+        try:
+            ready = pollster.poll(int(timeout * 1000))
+        except InterruptedError:
+            return
+        for fd, flags in ready:
+            obj = socket_map.get(fd)
+            if obj is not None:
+                wasyncore.readwrite(obj, flags)
+
+
+_READ = select.POLLIN | select.POLLPRI
 
 
 def _raise_open_files_limit(wanted):

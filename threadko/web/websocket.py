@@ -232,6 +232,12 @@ class WebSocketServer(ProviderCollector, SharedExtension):
                 websocket.pending.append(payload)
                 return
             websocket.busy = True
+        # with a worker free, the call starts here; otherwise the
+        # dispatcher thread waits for one
+        with self.container.reserved_worker_slot() as reserved:
+            if reserved:
+                self._call(websocket, payload)
+                return
         self._inbox.put((websocket, payload))
 
     def _finished(self, websocket):
@@ -408,14 +414,19 @@ class WebSocketHub:
 
     def broadcast(self, channel, event, data):
         """Send an event to every socket subscribed to ``channel``."""
-        payload = self._server.serialize_event(event, data)
         with self._lock:
             socket_ids = list(self.subscriptions.get(channel, ()))
+        if not socket_ids:
+            return
+        from threadko.web.websocket_connection import text_frame
+
+        # one message for all: framed once (server frames are unmasked)
+        frame = text_frame(self._server.serialize_event(event, data))
         sockets = self._server.sockets
         for socket_id in socket_ids:
             info = sockets.get(socket_id)
             if info is not None:
-                info.socket.send_text(payload)
+                info.socket.send_frame(frame)
 
     def unicast(self, socket_id, event, data):
         """Send an event to one socket; return whether it exists."""

@@ -36,6 +36,7 @@ try:
         AcceptConnection, BytesMessage, CloseConnection, Message, Ping,
         Request, TextMessage,
     )
+    from wsproto.frame_protocol import FrameProtocol
     from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 except ImportError as exc:  # pragma: no cover (the extra is installed)
     raise ImportError(
@@ -238,17 +239,18 @@ class WebSocket:
         closing socket, or one whose client does not read, gets nothing,
         and in the last case it is closed)."""
         with self._lock:
-            if self._closing:
-                return False
-            unsent = self._channel.total_outbufs_len
-            limit = self._settings.websocket_max_send_buffer
-            if limit is not None and unsent > limit:
-                _log.warning(
-                    'closing %s: its client does not read (%d bytes not '
-                    'sent, %s)', self, unsent, 'WEBSOCKET_MAX_SEND_BUFFER')
-                self._abort()
+            if self._closing or not self._room_to_send():
                 return False
             return self._write(self._protocol.send(Message(data=text)))
+
+    def send_frame(self, frame):
+        """Send a whole message already framed by :func:`text_frame` (a
+        broadcast frames its message once for every socket); return
+        whether it was sent, as :meth:`send_text`."""
+        with self._lock:
+            if self._closing or not self._room_to_send():
+                return False
+            return self._write(frame)
 
     def close(self, code=1000, reason=''):
         """Send a close frame and close the connection once it is out."""
@@ -257,10 +259,42 @@ class WebSocket:
 
     # -- with the lock ---------------------------------------------------------
 
+    def _room_to_send(self):
+        """False, after closing the socket, if its client does not read."""
+        unsent = self._channel.total_outbufs_len
+        limit = self._settings.websocket_max_send_buffer
+        if limit is not None and unsent > limit:
+            _log.warning(
+                'closing %s: its client does not read (%d bytes not '
+                'sent, %s)', self, unsent, 'WEBSOCKET_MAX_SEND_BUFFER')
+            self._abort()
+            return False
+        return True
+
     def _write(self, data):
         channel = self._channel
         unsent = channel.total_outbufs_len
-        if unsent > channel.adj.outbuf_high_watermark:
+        if not unsent:
+            # nothing queued: send straight away, as waitress's write_soon
+            # would, without its buffers; what the socket does not take
+            # now is queued below, for the I/O thread
+            with channel.outbuf_lock:  # the I/O thread flushes under it
+                sock = channel.socket
+                if sock is None or not channel.connected:
+                    self._closing = True  # gone already
+                    return False
+                if not channel.total_outbufs_len:
+                    try:
+                        sent = sock.send(data)
+                    except BlockingIOError:
+                        sent = 0
+                    except OSError:  # the client is gone
+                        self._abort()
+                        return False
+                    if sent == len(data):
+                        return True
+                    data = data[sent:]
+        elif unsent > channel.adj.outbuf_high_watermark:
             # write_soon would wait (see the module docstring)
             _log.warning(
                 'closing %s: its client does not read (%d bytes not sent, '
@@ -304,6 +338,19 @@ class WebSocket:
         # the front's pull_trigger (FrontServer._wake) takes a function to
         # run on the I/O thread
         self._channel.server.pull_trigger(self._drop)
+
+
+_framers = threading.local()
+
+
+def text_frame(text):
+    """The bytes of one whole text message from the server (unmasked, so
+    the same for every socket; no extension is negotiated), framed by
+    wsproto."""
+    framer = getattr(_framers, 'framer', None)
+    if framer is None:  # one per thread: it keeps state between frames
+        framer = _framers.framer = FrameProtocol(client=False, extensions=[])
+    return bytes(framer.send_data(text, fin=True))
 
 
 def _rejection(error):
