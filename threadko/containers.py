@@ -22,7 +22,7 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from operator import methodcaller
 
 from threadko import serialization
@@ -166,6 +166,25 @@ class WorkerContext:
         return '<{} [{}.{}] at 0x{:x}>'.format(
             type(self).__name__, self.service_name,
             self.entrypoint.method_name, id(self))
+
+
+class _Reservation:
+    """:meth:`ServiceContainer.reserved_worker_slot` (a class: it is on
+    the hot path of every consumer)."""
+
+    __slots__ = ('_slots', '_reserved')
+
+    def __init__(self, slots):
+        self._slots = slots
+        self._reserved = False
+
+    def __enter__(self):
+        self._reserved = self._slots.try_reserve()
+        return self._reserved
+
+    def __exit__(self, *exc_info):
+        if self._reserved:
+            self._slots.cancel_reservation()
 
 
 class _WorkerSlots:
@@ -642,19 +661,13 @@ class ServiceContainer:
             raise
         return worker_ctx
 
-    @contextmanager
     def reserved_worker_slot(self):
         """For a thread that must not block on a busy pool (a consumer
-        thread): yields True if a worker slot was free and is now reserved
-        for this thread's next :meth:`spawn_worker` or :meth:`run_worker`,
-        which then does not block; yields False if none was free. A
-        reservation no worker used is given back on exit."""
-        reserved = self._worker_slots.try_reserve()
-        try:
-            yield reserved
-        finally:
-            if reserved:
-                self._worker_slots.cancel_reservation()
+        thread): a context manager giving True if a worker slot was free
+        and is now reserved for this thread's next :meth:`spawn_worker` or
+        :meth:`run_worker`, which then does not block; False if none was
+        free. A reservation no worker used is given back on exit."""
+        return _Reservation(self._worker_slots)
 
     def run_worker(self, entrypoint, args, kwargs, context_data=None,
                    handle_result=None):

@@ -15,6 +15,7 @@ import types
 import warnings
 import weakref
 from functools import partial
+from typing import NamedTuple
 
 from threadko.exceptions import IncorrectSignature
 
@@ -247,14 +248,47 @@ def register_entrypoint(fn, entrypoint):
     descriptors.add(entrypoint)
 
 
+class _ByName(NamedTuple):
+    """What :meth:`_SignatureCheck.accepts` needs of a signature without
+    ``*args`` or positional-only parameters."""
+    position: dict  # positional-or-keyword name -> its index (self is 0)
+    required: tuple  # (index, name) of the required positional ones
+    keyword_only: frozenset
+    keyword_only_required: tuple
+    any_keyword: bool  # there is **kwargs
+
+
+def _by_name(signature):
+    """The :class:`_ByName` of ``signature``, or None (then binding
+    decides)."""
+    position, required, keyword_only, keyword_only_required = {}, [], [], []
+    any_keyword = False
+    for param in signature.parameters.values():
+        if param.kind == param.POSITIONAL_OR_KEYWORD:
+            if param.default is param.empty:
+                required.append((len(position), param.name))
+            position[param.name] = len(position)
+        elif param.kind == param.KEYWORD_ONLY:
+            keyword_only.append(param.name)
+            if param.default is param.empty:
+                keyword_only_required.append(param.name)
+        elif param.kind == param.VAR_KEYWORD:
+            any_keyword = True
+        else:
+            return None
+    return _ByName(position, tuple(required), frozenset(keyword_only),
+                   tuple(keyword_only_required), any_keyword)
+
+
 class _SignatureCheck:
     """A method's signature, and what it takes to accept positional
     arguments alone (counting ``self``)."""
 
-    __slots__ = ('signature', '_min', '_max')
+    __slots__ = ('signature', '_min', '_max', '_by_name')
 
     def __init__(self, fn):
         self.signature = signature = inspect.signature(fn)
+        self._by_name = _by_name(signature)
         positional = required = 0
         unbounded = False
         for param in signature.parameters.values():
@@ -280,6 +314,29 @@ class _SignatureCheck:
         count += 1  # self
         return self._min <= count and (self._max is None
                                        or count <= self._max)
+
+    def accepts(self, count, kwargs):
+        """Whether ``count`` positional arguments and ``kwargs`` bind;
+        False when unsure (then bind to find out)."""
+        if not kwargs:
+            return self.accepts_positional(count)
+        by_name = self._by_name
+        if by_name is None:
+            return False
+        count += 1  # self
+        position = by_name.position
+        if count > len(position):
+            return False
+        for key in kwargs:
+            index = position.get(key)
+            if index is not None:
+                if index < count:
+                    return False  # given twice
+            elif not (key in by_name.keyword_only or by_name.any_keyword):
+                return False
+        return all(name in kwargs for index, name in by_name.required
+                   if index >= count) and all(
+            name in kwargs for name in by_name.keyword_only_required)
 
 
 class Entrypoint(Extension):
@@ -324,8 +381,8 @@ class Entrypoint(Extension):
         checker = self._signatures.get(fn)
         if checker is None:
             checker = self._signatures[fn] = _SignatureCheck(fn)
-        if not kwargs and checker.accepts_positional(len(args)):
-            return  # the common case, without binding
+        if checker.accepts(len(args), kwargs):
+            return  # the common cases, without binding
         try:
             checker.signature.bind(None, *args, **kwargs)
         except TypeError as refused:
