@@ -522,7 +522,8 @@ class _Poller:
                 flags = 0
                 if obj.readable():
                     flags = _READ
-                if obj.writable() and not obj.accepting:
+                if (obj.writable() and not obj.accepting
+                        and not _being_flushed(obj, websocket)):
                     flags |= select.POLLOUT
             if registered.get(fd, 0) != flags:
                 if not flags:
@@ -545,6 +546,22 @@ class _Poller:
 
 
 _READ = select.POLLIN | select.POLLPRI
+
+
+def _being_flushed(obj, websocket):
+    """Whether another thread is writing to the connection right now: a
+    request thread serving it, or a worker writing to its websocket, holding
+    its ``outbuf_lock``. That thread sends what it wrote and wakes the I/O
+    thread if some is left; polling for POLLOUT meanwhile would only spin
+    the I/O thread, which cannot take the lock, against the writer for the
+    GIL."""
+    if websocket is None and not getattr(obj, 'requests', None):
+        return False  # nobody but the I/O thread writes to it
+    lock = obj.outbuf_lock  # a Condition over an RLock: no locked()
+    if lock.acquire(False):
+        lock.release()
+        return False
+    return True
 
 
 def _raise_open_files_limit(wanted):
