@@ -15,7 +15,6 @@ import types
 import warnings
 import weakref
 from functools import partial
-from typing import NamedTuple
 
 from threadko.exceptions import IncorrectSignature
 
@@ -248,83 +247,61 @@ def register_entrypoint(fn, entrypoint):
     descriptors.add(entrypoint)
 
 
-class _ByName(NamedTuple):
-    """What :meth:`_SignatureCheck.accepts` needs of a signature without
-    ``*args`` or positional-only parameters."""
-    position: dict  # positional-or-keyword name -> its index (self is 0)
-    required: tuple  # (index, name) of the required positional ones
-    keyword_only: frozenset
-    keyword_only_required: tuple
-    any_keyword: bool  # there is **kwargs
-
-
-def _by_name(signature):
-    """The :class:`_ByName` of ``signature``, or None (then binding
-    decides)."""
-    position, required, keyword_only, keyword_only_required = {}, [], [], []
-    any_keyword = False
-    for param in signature.parameters.values():
-        if param.kind == param.POSITIONAL_OR_KEYWORD:
-            if param.default is param.empty:
-                required.append((len(position), param.name))
-            position[param.name] = len(position)
-        elif param.kind == param.KEYWORD_ONLY:
-            keyword_only.append(param.name)
-            if param.default is param.empty:
-                keyword_only_required.append(param.name)
-        elif param.kind == param.VAR_KEYWORD:
-            any_keyword = True
-        else:
-            return None
-    return _ByName(position, tuple(required), frozenset(keyword_only),
-                   tuple(keyword_only_required), any_keyword)
-
-
 class _SignatureCheck:
-    """A method's signature, and what it takes to accept positional
-    arguments alone (counting ``self``)."""
+    """A method's signature, and what binding to it takes, so that the
+    usual calls are checked without binding (positions count ``self``)."""
 
-    __slots__ = ('signature', '_min', '_max', '_by_name')
+    __slots__ = ('signature', '_position', '_required', '_max',
+                 '_keyword_only', '_keyword_only_required', '_any_keyword',
+                 '_by_name')
 
     def __init__(self, fn):
         self.signature = signature = inspect.signature(fn)
-        self._by_name = _by_name(signature)
-        positional = required = 0
+        self._position = {}  # a positional parameter's name -> its index
+        self._required = []  # (index, name) of the required positional ones
+        self._keyword_only = set()
+        self._keyword_only_required = []
+        self._any_keyword = False  # there is **kwargs
+        # keywords are checked here only without *args and positional-only
+        # parameters; binding decides those
+        self._by_name = True
         unbounded = False
         for param in signature.parameters.values():
+            required = param.default is param.empty
             if param.kind in (param.POSITIONAL_ONLY,
                               param.POSITIONAL_OR_KEYWORD):
-                positional += 1
-                if param.default is param.empty:
-                    required += 1
+                if param.kind == param.POSITIONAL_ONLY:
+                    self._by_name = False
+                if required:
+                    self._required.append((len(self._position), param.name))
+                self._position[param.name] = len(self._position)
             elif param.kind == param.VAR_POSITIONAL:
                 unbounded = True
-            elif (param.kind == param.KEYWORD_ONLY
-                  and param.default is param.empty):
-                required = None  # a required keyword-only argument
-                break
-        self._min = required
-        self._max = None if unbounded else positional
+                self._by_name = False
+            elif param.kind == param.KEYWORD_ONLY:
+                self._keyword_only.add(param.name)
+                if required:
+                    self._keyword_only_required.append(param.name)
+            else:
+                self._any_keyword = True
+        self._max = None if unbounded else len(self._position)
 
     def accepts_positional(self, count):
-        """Whether ``count`` positional arguments (and no keywords) bind;
-        False when unsure (then bind to find out)."""
-        if self._min is None:
-            return False
+        """Whether ``count`` positional arguments (and no keywords) bind."""
         count += 1  # self
-        return self._min <= count and (self._max is None
-                                       or count <= self._max)
+        return (not self._keyword_only_required
+                and len(self._required) <= count
+                and (self._max is None or count <= self._max))
 
     def accepts(self, count, kwargs):
         """Whether ``count`` positional arguments and ``kwargs`` bind;
         False when unsure (then bind to find out)."""
         if not kwargs:
             return self.accepts_positional(count)
-        by_name = self._by_name
-        if by_name is None:
+        if not self._by_name:
             return False
         count += 1  # self
-        position = by_name.position
+        position = self._position
         if count > len(position):
             return False
         for key in kwargs:
@@ -332,11 +309,11 @@ class _SignatureCheck:
             if index is not None:
                 if index < count:
                     return False  # given twice
-            elif not (key in by_name.keyword_only or by_name.any_keyword):
+            elif not (key in self._keyword_only or self._any_keyword):
                 return False
-        return all(name in kwargs for index, name in by_name.required
+        return all(name in kwargs for index, name in self._required
                    if index >= count) and all(
-            name in kwargs for name in by_name.keyword_only_required)
+            name in kwargs for name in self._keyword_only_required)
 
 
 class Entrypoint(Extension):

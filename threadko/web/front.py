@@ -535,11 +535,8 @@ class _Poller:
         for fd in registered.keys() - socket_map.keys():  # closed since
             pollster.unregister(fd)
             del registered[fd]
-        try:
-            ready = pollster.poll(int(timeout * 1000))
-        except InterruptedError:
-            return
-        for fd, flags in ready:
+        # (a signal does not interrupt it: Python retries, PEP 475)
+        for fd, flags in pollster.poll(int(timeout * 1000)):
             obj = socket_map.get(fd)
             if obj is not None:
                 wasyncore.readwrite(obj, flags)

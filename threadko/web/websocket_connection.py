@@ -238,17 +238,22 @@ class WebSocket:
         """Send one text message; return whether it was sent (a closed or
         closing socket, or one whose client does not read, gets nothing,
         and in the last case it is closed)."""
-        with self._lock:
-            if self._closing or not self._room_to_send():
-                return False
-            return self._write(self._protocol.send(Message(data=text)))
+        return self.send_frame(text_frame(text))
 
     def send_frame(self, frame):
         """Send a whole message already framed by :func:`text_frame` (a
         broadcast frames its message once for every socket); return
         whether it was sent, as :meth:`send_text`."""
         with self._lock:
-            if self._closing or not self._room_to_send():
+            if self._closing:
+                return False
+            unsent = self._channel.total_outbufs_len
+            limit = self._settings.websocket_max_send_buffer
+            if limit is not None and unsent > limit:
+                _log.warning(
+                    'closing %s: its client does not read (%d bytes not '
+                    'sent, %s)', self, unsent, 'WEBSOCKET_MAX_SEND_BUFFER')
+                self._abort()
                 return False
             return self._write(frame)
 
@@ -259,41 +264,31 @@ class WebSocket:
 
     # -- with the lock ---------------------------------------------------------
 
-    def _room_to_send(self):
-        """False, after closing the socket, if its client does not read."""
-        unsent = self._channel.total_outbufs_len
-        limit = self._settings.websocket_max_send_buffer
-        if limit is not None and unsent > limit:
-            _log.warning(
-                'closing %s: its client does not read (%d bytes not '
-                'sent, %s)', self, unsent, 'WEBSOCKET_MAX_SEND_BUFFER')
-            self._abort()
-            return False
-        return True
-
     def _write(self, data):
         channel = self._channel
         unsent = channel.total_outbufs_len
         if not unsent:
-            # nothing queued: send straight away, as waitress's write_soon
-            # would, without its buffers; what the socket does not take
-            # now is queued below, for the I/O thread
-            with channel.outbuf_lock:  # the I/O thread flushes under it
+            # nothing queued (only the holder of this socket's lock queues
+            # anything): send straight away, as waitress's write_soon would,
+            # without its buffers; what the socket does not take now is
+            # queued below, for the I/O thread
+            # waitress marks a channel disconnected under this lock, and
+            # closes its socket only after
+            with channel.outbuf_lock:
                 sock = channel.socket
                 if sock is None or not channel.connected:
                     self._closing = True  # gone already
                     return False
-                if not channel.total_outbufs_len:
-                    try:
-                        sent = sock.send(data)
-                    except BlockingIOError:
-                        sent = 0
-                    except OSError:  # the client is gone
-                        self._abort()
-                        return False
-                    if sent == len(data):
-                        return True
-                    data = data[sent:]
+                try:
+                    sent = sock.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:  # the client is gone
+                    self._abort()
+                    return False
+            if sent == len(data):
+                return True
+            data = data[sent:]
         elif unsent > channel.adj.outbuf_high_watermark:
             # write_soon would wait (see the module docstring)
             _log.warning(
