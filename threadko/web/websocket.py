@@ -232,12 +232,14 @@ class WebSocketServer(ProviderCollector, SharedExtension):
                 websocket.pending.append(payload)
                 return
             websocket.busy = True
-        # with a worker free, the call starts here; otherwise the
-        # dispatcher thread waits for one
-        with self.container.reserved_worker_slot() as reserved:
-            if reserved:
-                self._call(websocket, payload)
-                return
+        # with a worker free and no call of another socket waiting before
+        # it, the call starts here (as the AMQP consumer's deliveries do);
+        # otherwise the dispatcher thread waits for a worker
+        if self._inbox.empty():
+            with self.container.reserved_worker_slot() as reserved:
+                if reserved:
+                    self._call(websocket, payload)
+                    return
         self._inbox.put((websocket, payload))
 
     def _finished(self, websocket):
