@@ -7,6 +7,7 @@ import http.client
 import json
 import logging
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -406,6 +407,25 @@ def closed_port():
         yield sock.getsockname()[1]
     finally:
         sock.close()
+
+
+@contextlib.contextmanager
+def open_files_limit(needed):
+    """Within the block, the soft RLIMIT_NOFILE raised to the hard limit if
+    it is below ``needed`` (put back after); skips the calling test when
+    the hard limit is below ``needed``."""
+    import pytest
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        pytest.skip('needs {} file descriptors; the hard limit is {}'.format(
+            needed, hard))
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 class LogWatcher(logging.Handler):

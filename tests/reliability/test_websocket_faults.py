@@ -12,7 +12,6 @@ directory's marks say RabbitMQ; nothing here connects to it).
 
 import json
 import logging
-import resource
 import selectors
 import socket
 import threading
@@ -25,7 +24,7 @@ from wsproto.events import (
     AcceptConnection, CloseConnection, Message, Ping, Request, TextMessage,
 )
 
-from support import WAIT, http_fetch, web_port
+from support import WAIT, http_fetch, open_files_limit, web_port
 
 from threadko.testing.websocket import make_virtual_socket
 from threadko.web import websocket_connection
@@ -65,14 +64,8 @@ class Faulty:
 def enough_file_descriptors():
     """The soft RLIMIT_NOFILE raised to the hard limit for these tests
     (and put back after them)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < FD_NEEDED:
-        pytest.skip('needs {} file descriptors; the hard limit is {}'.format(
-            FD_NEEDED, hard))
-    if soft != resource.RLIM_INFINITY and soft < FD_NEEDED:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with open_files_limit(FD_NEEDED):
+        yield
 
 
 @pytest.fixture

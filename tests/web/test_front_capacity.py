@@ -20,7 +20,6 @@ sockets, a condition on the log records), never fixed sleeps.
 """
 
 import logging
-import resource
 import selectors
 import socket
 import threading
@@ -29,7 +28,7 @@ from http.client import HTTPConnection
 
 import pytest
 
-from support import WAIT
+from support import WAIT, open_files_limit
 
 from threadko.web.handlers import http
 
@@ -70,14 +69,8 @@ class Front:
 def enough_file_descriptors():
     """The soft RLIMIT_NOFILE raised to the hard limit for these tests
     (and put back after them)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < FD_NEEDED:
-        pytest.skip('needs {} file descriptors; the hard limit is {}'.format(
-            FD_NEEDED, hard))
-    if soft != resource.RLIM_INFINITY and soft < FD_NEEDED:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with open_files_limit(FD_NEEDED):
+        yield
 
 
 @pytest.fixture
