@@ -136,16 +136,12 @@ def database_settings(provider, engine_options, session_options):
     return uri, engine_options, session_options
 
 
-class Database(DependencyProvider):
-    """Injects a :class:`DatabaseWrapper`: ``self.db.session`` (the
-    worker's session, opened on first use) and ``self.db.get_session()``
-    (new sessions, e.g. ``with self.db.get_session() as session:``).
-
-    Every session a worker opened is closed when the worker ends (whether
-    its method returned, raised, or was abandoned by a kill), rolling back
-    what it did not commit. The container's providers of one database
-    share one engine, whose pool holds ``max_workers`` connections unless
-    the engine options say otherwise.
+class WorkerDatabaseProvider(DependencyProvider):
+    """What :class:`Database` and
+    :class:`~threadko.sqlalchemy.DatabaseSession` share: the database of
+    ``declarative_base`` from the config, the engine the container's
+    providers of that database share, and an object per worker
+    (:meth:`open_for_worker`) closed when the worker ends.
 
     :param declarative_base: the declarative base of the models; its
         class name selects the URI in ``DB_URIS``
@@ -156,39 +152,72 @@ class Database(DependencyProvider):
     """
 
     engines = Engines()
+    #: the session class the provider's ``sessionmaker`` makes
+    session_class = None
 
     def __init__(self, declarative_base, session_options=None,
                  engine_options=None):
         self.declarative_base = declarative_base
         self.session_options = session_options or {}
         self.engine_options = engine_options or {}
-        #: worker context -> its :class:`DatabaseWrapper`
-        self.dbs = WeakKeyDictionary()
-        self._dbs_lock = threading.Lock()
+        self._opened = WeakKeyDictionary()  # worker context -> its object
+        self._opened_lock = threading.Lock()
 
     def setup(self):
         self.db_uri, engine_options, session_options = database_settings(
             self, self.engine_options, self.session_options)
         self.engine = self.engines.get(self.db_uri, engine_options)
-        self.Session = sessionmaker(
-            bind=self.engine, class_=Session, **session_options)
+        if self.session_class is None:
+            self.Session = sessionmaker(bind=self.engine, **session_options)
+        else:
+            self.Session = sessionmaker(
+                bind=self.engine, class_=self.session_class, **session_options)
 
     def stop(self):
         self.__dict__.pop('engine', None)  # disposed by the container's Engines
 
     kill = stop
 
+    def open_for_worker(self):
+        """What a worker gets; it has a ``close()``."""
+        raise NotImplementedError
+
     def get_dependency(self, worker_ctx):
-        db = DatabaseWrapper(self.Session)
-        with self._dbs_lock:
-            self.dbs[worker_ctx] = db
-        return db
+        opened = self.open_for_worker()
+        with self._opened_lock:
+            self._opened[worker_ctx] = opened
+        return opened
 
     def worker_teardown(self, worker_ctx):
-        with self._dbs_lock:
-            db = self.dbs.pop(worker_ctx, None)
-        if db is not None:
-            close_quietly(db, worker_ctx)
+        with self._opened_lock:
+            opened = self._opened.pop(worker_ctx, None)
+        if opened is not None:
+            close_quietly(opened, worker_ctx)
+
+
+class Database(WorkerDatabaseProvider):
+    """Injects a :class:`DatabaseWrapper`: ``self.db.session`` (the
+    worker's session, opened on first use) and ``self.db.get_session()``
+    (new sessions, e.g. ``with self.db.get_session() as session:``).
+
+    Every session a worker opened is closed when the worker ends (whether
+    its method returned, raised, or was abandoned by a kill), rolling back
+    what it did not commit. The container's providers of one database
+    share one engine, whose pool holds ``max_workers`` connections unless
+    the engine options say otherwise.
+
+    Parameters as :class:`WorkerDatabaseProvider`.
+    """
+
+    session_class = Session
+
+    @property
+    def dbs(self):
+        """Worker context -> its :class:`DatabaseWrapper`."""
+        return self._opened
+
+    def open_for_worker(self):
+        return DatabaseWrapper(self.Session)
 
 
 def close_quietly(closeable, worker_ctx):
