@@ -616,10 +616,7 @@ def _panel(axes, results, scenario, metric):
         scenario.key, metric.label, better), fontsize=10)
     axes.tick_params(labelsize=9)
     if scenario.key not in (results.get('scenarios') or {}):
-        axes.text(0.5, 0.5, NOT_MEASURED, ha='center', va='center',
-                  transform=axes.transAxes, color='#718096')
-        axes.set_xticks([])
-        axes.set_yticks([])
+        _not_measured(axes)
         return
     targets = _scenario_targets(results, scenario)
     values = [median(results, scenario.key, t, metric.key) for t in targets]
@@ -646,11 +643,7 @@ def _panel(axes, results, scenario, metric):
                 ha='right', va='bottom', fontsize=8, color='#4a5568')
             limit = max(limit, ceiling * 1.2)
     axes.set_ylim(0, limit)
-    axes.set_xlim(-0.6, len(targets) - 0.4)
-    axes.set_xticks(range(len(targets)))
-    axes.set_xticklabels([_name(t) for t in targets])
-    for side in ('top', 'right'):
-        axes.spines[side].set_visible(False)
+    _target_axis(axes, targets)
 
 
 def _grouped_panel(axes, results, scenario, metrics):
@@ -661,10 +654,7 @@ def _grouped_panel(axes, results, scenario, metrics):
         fontsize=10)
     axes.tick_params(labelsize=9)
     if scenario.key not in (results.get('scenarios') or {}):
-        axes.text(0.5, 0.5, NOT_MEASURED, ha='center', va='center',
-                  transform=axes.transAxes, color='#718096')
-        axes.set_xticks([])
-        axes.set_yticks([])
+        _not_measured(axes)
         return
     targets = _scenario_targets(results, scenario)
     width = 0.8 / len(metrics)
@@ -686,10 +676,23 @@ def _grouped_panel(axes, results, scenario, metrics):
             axes.text(place, value + top * 0.02, _num(value), ha='center',
                       va='bottom', fontsize=8)
     axes.set_ylim(0, top * 1.35)
+    axes.legend(fontsize=8, frameon=False, loc='upper right')
+    _target_axis(axes, targets)
+
+
+def _not_measured(axes):
+    axes.text(0.5, 0.5, NOT_MEASURED, ha='center', va='center',
+              transform=axes.transAxes, color='#718096')
+    axes.set_xticks([])
+    axes.set_yticks([])
+
+
+def _target_axis(axes, targets):
+    """The targets along the x axis, one slot each; no top or right
+    frame."""
     axes.set_xlim(-0.6, len(targets) - 0.4)
     axes.set_xticks(range(len(targets)))
     axes.set_xticklabels([_name(t) for t in targets])
-    axes.legend(fontsize=8, frameon=False, loc='upper right')
     for side in ('top', 'right'):
         axes.spines[side].set_visible(False)
 
