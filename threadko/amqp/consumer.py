@@ -25,6 +25,7 @@ from functools import partial
 import pika.exceptions
 
 from threadko.amqp.connection import CONNECTION_ERRORS, Connector
+from threadko.amqp.errors import explain_declaration_error
 from threadko.amqp.loop_publish import LoopPublisher
 from threadko.amqp.publish import DECOMPRESSORS
 from threadko.constants import DEFAULT_HEARTBEAT, HEARTBEAT_CONFIG_KEY
@@ -270,8 +271,7 @@ class ConsumerLoop:
                 if self._ready.done():
                     raise
                 self._ready.fail(ConfigurationError(
-                    'The broker refused a declaration for {}: {}'.format(
-                        self.description, exc)))
+                    explain_declaration_error(exc, self.description)))
                 return
             except CONNECTION_ERRORS + (pika.exceptions.AMQPError,) as exc:
                 if self._stopping.is_set():
