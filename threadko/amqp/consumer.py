@@ -209,9 +209,11 @@ class ConsumerLoop:
     """
 
     def __init__(self, connector, on_connect, description,
-                 give_up_first_connect=False):
+                 give_up_first_connect=False, on_poll=None):
         self.connector = connector
         self.on_connect = on_connect
+        # called on the loop's thread between rounds of broker events
+        self.on_poll = on_poll
         self.description = description
         # clients would rather fail than wait forever for a broker
         self.give_up_first_connect = give_up_first_connect
@@ -293,6 +295,8 @@ class ConsumerLoop:
         self._ready.succeed()
         while not self._stopping.is_set():
             connection.process_data_events(time_limit=POLL_INTERVAL)
+            if self.on_poll is not None:
+                self.on_poll()
         self._drain(connection)
 
     def _drain(self, connection):
@@ -310,6 +314,11 @@ class ConsumerLoop:
                 return
             connection.process_data_events(
                 time_limit=min(remaining, POLL_INTERVAL))
+
+    @property
+    def has_connected(self):
+        """Whether a first connection has consumed (or failed for good)."""
+        return self._ready.done()
 
     def wait_ready(self):
         """Block until the first connection consumes (or the loop was
@@ -396,8 +405,11 @@ class QueueConsumer(ProviderCollector, SharedExtension):
         self._start_lock = threading.Lock()
         self._start_interrupted = False
         self._channel = None
+        self._declare_channel = None
         self._live_connection = None
         self._consumer_tags = {}
+        # providers to consume again, and when: {provider: (due, back-off)}
+        self._resume_at = {}
 
     def setup(self):
         config = self.container.config
@@ -418,7 +430,8 @@ class QueueConsumer(ProviderCollector, SharedExtension):
                 return
             self._loop = ConsumerLoop(
                 self.connector, self._on_connect,
-                'service {}'.format(self.container.service_name))
+                'service {}'.format(self.container.service_name),
+                on_poll=self._resume_consumers)
             self._dispatch_queue = queue.SimpleQueue()
             self._dispatcher_thread = self.container.spawn_managed_thread(
                 self._run_dispatcher, identifier='amqp-dispatcher')
@@ -493,7 +506,10 @@ class QueueConsumer(ProviderCollector, SharedExtension):
     def _on_connect(self, connection, channel):
         self._live_connection = connection
         self._channel = channel
+        self._declare_channel = None
         self._consumer_tags = {}
+        self._resume_at = {}
+        channel.add_on_cancel_callback(self._on_cancelled_by_broker)
         providers = self.providers
         for provider in providers:
             self._consume_for(provider)
@@ -504,14 +520,68 @@ class QueueConsumer(ProviderCollector, SharedExtension):
         channel = self._channel
         if provider in self._consumer_tags or not channel.is_open:
             return
-        provider.queue.declare(channel)
+        try:
+            self._declare(provider.queue)
+        except DECLARATION_ERRORS as exc:
+            if not self._loop.has_connected:
+                raise  # start fails with a ConfigurationError
+            # the queue alone is unavailable (say, a classic queue whose
+            # node is down): the other queues go on being consumed
+            self._resume_later(provider, exc)
+            return
         channel.basic_qos(prefetch_count=getattr(
             provider, 'prefetch_count', None) or self.prefetch_count)
         self._consumer_tags[provider] = basic_consume(
             channel, provider.queue.name,
             partial(self._on_message, provider))
+        self._resume_at.pop(provider, None)
+
+    def _declare(self, queue):
+        # on a channel of its own, so that a refused declaration closes
+        # that channel and not the one every consumer is on
+        channel = self._declare_channel
+        if channel is None or not channel.is_open:
+            channel = self._declare_channel = self._live_connection.channel()
+        queue.declare(channel)
+
+    def _on_cancelled_by_broker(self, method_frame):
+        # the queue was deleted, or its node went down or lost leadership:
+        # consume it again (redeclaring it) rather than wait forever
+        tag = method_frame.method.consumer_tag
+        for provider, consumer_tag in list(self._consumer_tags.items()):
+            if consumer_tag == tag:
+                del self._consumer_tags[provider]
+                _log.warning(
+                    'The broker cancelled the consumer of queue %s (the '
+                    'queue was deleted or its node is gone); consuming it '
+                    'again', provider.queue.name)
+                self._resume_at[provider] = (time.monotonic(), None)
+
+    def _resume_later(self, provider, exc):
+        _, intervals = self._resume_at.get(provider, (None, None))
+        if intervals is None:
+            intervals = _forever(self.connector.retry_policy)
+        wait = next(intervals)
+        _log.error('Cannot consume queue %s: %s; retrying in %s seconds',
+                   provider.queue.name, describe_error(exc), wait)
+        self._resume_at[provider] = (time.monotonic() + wait, intervals)
+
+    def _resume_consumers(self):
+        """Consume again the queues whose consumer the broker cancelled
+        or whose declaration it refused, once their time has come."""
+        if not self._resume_at:
+            return
+        now = time.monotonic()
+        for provider, (due, _) in list(self._resume_at.items()):
+            if due > now:
+                continue
+            if not self._is_registered(provider):
+                del self._resume_at[provider]
+                continue
+            self._consume_for(provider)
 
     def _cancel_for(self, provider):
+        self._resume_at.pop(provider, None)
         tag = self._consumer_tags.pop(provider, None)
         if tag is not None and self._channel.is_open:
             self._channel.basic_cancel(tag)
