@@ -51,9 +51,13 @@ DEFAULT_URI = 'amqp://guest:guest@localhost'
 NAMEKO_BENCH_PINS = nameko_venv.NAMEKO_BENCH_PINS
 NAMEKO_BENCH_VENV = REPO_ROOT / '.nameko-bench-venv'
 
-SCENARIOS = ('rpc_seq', 'rpc_par', 'events', 'http', 'blocking_db',
-             'sqlalchemy_db', 'footprint', 'ws_rpc', 'ws_fanout')
+SCENARIOS = ('rpc_seq', 'rpc_par', 'rpc_scaleout', 'events', 'http',
+             'blocking_db', 'sqlalchemy_db', 'footprint', 'ws_rpc',
+             'ws_fanout')
 AMQP_TARGETS = ('threadko', 'nameko', 'raw_pika')
+SCALEOUT_TARGETS = ('threadko', 'nameko')
+#: rpc_scaleout: the service processes on the queue, one measurement each
+SCALEOUT_INSTANCES = (1, 2, 4)
 HTTP_TARGETS = ('threadko', 'nameko', 'waitress')
 DB_TARGETS = ('threadko', 'nameko')
 WS_TARGETS = ('threadko', 'nameko')
@@ -190,6 +194,7 @@ class Bench:
         self.errors = []
         self.machine = {}
         self._counter = 0
+        self._sweeps = 0  # rpc_scaleout measurements so far
 
     # processes
 
@@ -232,8 +237,7 @@ class Bench:
         for target in targets:
             entry['targets'].setdefault(target, {'runs': []})
         for number in range(self.args.rounds):
-            shift = number % len(targets) if targets else 0
-            for target in targets[shift:] + targets[:shift]:
+            for target in rotated(targets, number):
                 try:
                     result = measure_one(target)
                 except BenchError as exc:
@@ -261,6 +265,47 @@ class Bench:
             return self.client_result(
                 target, 'rpc_par', '--duration', self.args.duration,
                 '--in-flight', self.args.in_flight)
+
+    def rpc_scaleout(self, target):
+        """rpc_par's client against each number of service processes in
+        :data:`SCALEOUT_INSTANCES`, in an order that rotates from one
+        measurement to the next; calls/s at the most over calls/s at one
+        process is ``scaling``."""
+        self._sweeps += 1
+        run = {'in_flight': self.args.scaleout_in_flight}
+        for instances in rotated(SCALEOUT_INSTANCES, self._sweeps - 1):
+            run.update(self._scaleout(target, instances))
+        run['scaling'] = (
+            run[scaleout_key('calls_per_s', SCALEOUT_INSTANCES[-1])]
+            / run[scaleout_key('calls_per_s', SCALEOUT_INSTANCES[0])])
+        return run
+
+    def _scaleout(self, target, instances):
+        """``instances`` server processes of rpc_par's service (one queue)
+        and rpc_par's client with ``--scaleout-in-flight`` calls: its
+        calls/s and CPU share, and the servers' CPU time from just before
+        the client started until it exited, over the client's measured
+        time (the mean share of one core per process, and each
+        process's), keyed by ``instances``."""
+        with contextlib.ExitStack() as stack:
+            servers = [stack.enter_context(running(
+                self.server(target, 'rpc_par'))) for _ in range(instances)]
+            before = [server.cpu_seconds() for server in servers]
+            result = self.client_result(
+                target, 'rpc_par', '--duration', self.args.duration,
+                '--in-flight', self.args.scaleout_in_flight)
+            used = [server.cpu_seconds() - start
+                    for server, start in zip(servers, before)]
+        seconds = result['calls'] / result['calls_per_s']
+        return {
+            scaleout_key('calls_per_s', instances): result['calls_per_s'],
+            scaleout_key('client_cpu_share', instances):
+                result['client_cpu_share'],
+            scaleout_key('server_cpu_share', instances):
+                sum(used) / seconds / instances,
+            scaleout_key('server_cpu_shares', instances):
+                [cpu / seconds for cpu in used],
+        }
 
     def events(self, target):
         purge_queue(self.args.uri, EVENT_QUEUE)
@@ -383,6 +428,9 @@ class Bench:
                     self.run_blocking_db()
                 elif scenario == 'sqlalchemy_db':
                     self.run_sqlalchemy_db()
+                elif scenario == 'rpc_scaleout':
+                    self.measure(scenario, SCALEOUT_TARGETS,
+                                 self.rpc_scaleout)
                 elif scenario in ('ws_rpc', 'ws_fanout'):
                     self.measure(scenario, WS_TARGETS,
                                  getattr(self, scenario))
@@ -434,6 +482,8 @@ class Bench:
                 'rounds': self.args.rounds, 'calls': self.args.calls,
                 'warmup': self.args.warmup,
                 'in_flight': self.args.in_flight,
+                'scaleout_in_flight': self.args.scaleout_in_flight,
+                'scaleout_instances': list(SCALEOUT_INSTANCES),
                 'duration': self.args.duration, 'events': self.args.events,
                 'connections': self.args.connections,
                 'http_seconds': self.args.http_seconds,
@@ -458,12 +508,27 @@ class _Url:
         self.port = int(url.split(':')[2].split('/')[0])
 
 
+def rotated(items, number):
+    """``items`` (a sequence) starting ``number`` places on, wrapping
+    round: the order of the ``number``-th round."""
+    shift = number % len(items) if items else 0
+    return list(items[shift:]) + list(items[:shift])
+
+
+def scaleout_key(metric, instances):
+    """The name of an rpc_scaleout run's ``metric`` with ``instances``
+    service processes (``calls_per_s_x4``)."""
+    return '{}_x{}'.format(metric, instances)
+
+
 def _brief(result):
     shown = []
     for name in ('calls_per_s', 'events_per_s', 'requests_per_s', 'p50_ms',
                  'p99_ms', 'concurrency', 'wall_s', 'startup_s', 'rss_mib',
                  'fanout_ms', 'threads_few', 'threads_many', 'rss_many_mib',
-                 'server_cpu_share', 'client_cpu_share'):
+                 'server_cpu_share', 'client_cpu_share') + tuple(
+                     scaleout_key('calls_per_s', instances)
+                     for instances in SCALEOUT_INSTANCES) + ('scaling',):
         if name in result:
             shown.append('{} {:,.2f}'.format(name, result[name]))
     return '  '.join(shown)
@@ -627,6 +692,10 @@ def parse_args(argv=None):
     parser.add_argument('--warmup', type=int, default=200)
     parser.add_argument('--duration', type=float, default=10)
     parser.add_argument('--in-flight', type=int, default=32)
+    parser.add_argument('--scaleout-in-flight', type=int, default=64,
+                        help='rpc_scaleout: calls in flight, whatever the '
+                             'number of service processes (4 of them take '
+                             '4 x max_workers = 40 at once)')
     parser.add_argument('--events', type=int, default=5000)
     parser.add_argument('--connections', type=int, default=32)
     parser.add_argument('--http-seconds', type=float, default=5)

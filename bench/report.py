@@ -72,6 +72,20 @@ DB_METRICS = (Metric('concurrency', 'concurrency'),
               Metric('wall_s', 'wall s', lower_is_better=True))
 DB_RATIOS = (Ratio('concurrency', OPTION_PREFIX + 'max_workers',
                    'concurrency / max_workers'),)
+SCALEOUT_INSTANCES = (1, 2, 4)  # bench/harness.py's
+
+
+def _per_instances(key, label):
+    """An rpc_scaleout metric with each number of service processes
+    (``calls_per_s_x4``, as bench/harness.py names it)."""
+    return tuple(Metric('{}_x{}'.format(key, n), '{} \u00d7{}'.format(
+        label, n)) for n in SCALEOUT_INSTANCES)
+
+
+SCALEOUT_CALLS = _per_instances('calls_per_s', 'calls/s')
+#: the mean share of one core per service process, and the client's
+SCALEOUT_CPU = (_per_instances('server_cpu_share', 'CPU/process')
+                + _per_instances('client_cpu_share', 'client CPU'))
 
 SCENARIOS = (
     Scenario('rpc_seq', 'RPC, sequential calls', AMQP_TARGETS,
@@ -84,6 +98,17 @@ SCENARIOS = (
              (Ratio('calls_per_s', 'raw_pika', '\u00d7 raw pika'),
               Ratio('calls_per_s', 'nameko', '\u00d7 Nameko')),
              ('calls_per_s',)),
+    Scenario('rpc_scaleout', 'RPC, scale-out over service processes',
+             ('threadko', 'nameko'),
+             SCALEOUT_CALLS + (Metric('scaling', '\u00d74 / \u00d71'),)
+             + SCALEOUT_CPU,
+             (Ratio('calls_per_s_x4', 'nameko',
+                    'calls/s \u00d74 \u00d7 Nameko'),),
+             (tuple(metric.key for metric in SCALEOUT_CALLS),),
+             note='\u00d7N: N processes of the service on its one queue, '
+                  '{scaleout_in_flight} calls in flight. CPU/process: '
+                  'the mean share of one core per service process; client '
+                  "CPU: the one client process's."),
     Scenario('events', 'Events', AMQP_TARGETS,
              (Metric('events_per_s', 'events/s'),),
              (Ratio('events_per_s', 'raw_pika', '\u00d7 raw pika'),
@@ -193,6 +218,21 @@ HOW_MEASURED = (
      "ClusterRpcProxy, Nameko's one greenthread pipelining call_async "
      '(Nameko 2 proxies cannot be shared between greenthreads), raw '
      "pika's one thread pipelining by correlation id."),
+    ('rpc_scaleout',
+     "rpc_par's service and client, with 1, 2 and 4 processes of the "
+     'service (the same peer, the same queue rpc-bench_echo, max_workers '
+     '{max_workers} and prefetch 10 each) started before the client; the '
+     'client keeps {scaleout_in_flight} calls in flight for {duration} s '
+     'whatever the number of processes, more than 4 processes take at '
+     'once (4 \u00d7 max_workers). One run measures the three counts one '
+     'after another (the order rotates from run to run); \u00d74 / '
+     "\u00d71 is the median of the runs' ratios. CPU/process is the "
+     "service processes' CPU time (from /proc) from just before the "
+     "client starts until it exits, over the client's measured time, "
+     'divided by the number of processes: 1.00 is one core each; client '
+     "CPU is the client process's own CPU time over its measured time. "
+     "Broker, client and services share the machine's CPUs, so on a "
+     'machine of few cores the curve flattens once they are all busy.'),
     ('events',
      '{events} events dispatched by one publisher to a service whose '
      'handler counts them: events/s from the first publish until the '

@@ -21,7 +21,8 @@ def test_quick_run_records_every_scenario_and_target(rabbit_config, tmp_path):
         [sys.executable, '-m', 'bench', '--quick', '--no-docs',
          '--uri', rabbit_config['AMQP_URI'],
          '--targets', 'threadko,raw_pika',
-         '--scenarios', 'rpc_seq,rpc_par,events,footprint,ws_rpc,ws_fanout',
+         '--scenarios',
+         'rpc_seq,rpc_par,rpc_scaleout,events,footprint,ws_rpc,ws_fanout',
          '--ws-subscribers', '40', '--ws-few', '4', '--ws-broadcasts', '2',
          '--output', str(output)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=170)
@@ -31,8 +32,9 @@ def test_quick_run_records_every_scenario_and_target(rabbit_config, tmp_path):
     assert results['errors'] == []
     assert results['machine']['rabbitmq']
     scenarios = results['scenarios']
-    assert sorted(scenarios) == ['events', 'footprint', 'rpc_par', 'rpc_seq',
-                                 'ws_fanout', 'ws_rpc']
+    assert sorted(scenarios) == ['events', 'footprint', 'rpc_par',
+                                 'rpc_scaleout', 'rpc_seq', 'ws_fanout',
+                                 'ws_rpc']
     for name, metric in [('rpc_seq', 'calls_per_s'),
                          ('rpc_par', 'calls_per_s'),
                          ('events', 'events_per_s'),
@@ -46,6 +48,15 @@ def test_quick_run_records_every_scenario_and_target(rabbit_config, tmp_path):
         'events'] == 100
     assert scenarios['footprint']['targets']['threadko']['runs'][0][
         'rss_mib'] > 1
+
+    # scale-out: threadko with 1, 2 and 4 service processes (no raw pika)
+    assert list(scenarios['rpc_scaleout']['targets']) == ['threadko']
+    scaleout, = scenarios['rpc_scaleout']['targets']['threadko']['runs']
+    for instances in (1, 2, 4):
+        assert scaleout['calls_per_s_x{}'.format(instances)] > 0
+        shares = scaleout['server_cpu_shares_x{}'.format(instances)]
+        assert len(shares) == instances and min(shares) > 0
+    assert scaleout['scaling'] > 0
 
     # websockets: threadko only (raw pika has no websocket server)
     assert list(scenarios['ws_rpc']['targets']) == ['threadko']

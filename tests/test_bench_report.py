@@ -115,6 +115,51 @@ def test_the_websocket_rows_and_tables(results):
     assert '**ws_fanout.**' in page.split('## How it was measured')[1]
 
 
+def _scaleout_run(calls, server_cpu, client_cpu):
+    """An rpc_scaleout run: calls/s and CPU shares with 1, 2 and 4
+    service processes."""
+    run = {'in_flight': 64, 'scaling': calls[2] / calls[0]}
+    for instances, *values in zip((1, 2, 4), calls, server_cpu, client_cpu):
+        for name, value in zip(('calls_per_s', 'server_cpu_share',
+                                'client_cpu_share'), values):
+            run['{}_x{}'.format(name, instances)] = value
+    return run
+
+
+def test_the_scale_out_table_and_panel(results, tmp_path):
+    results['options']['scaleout_in_flight'] = 64
+    results['scenarios']['rpc_scaleout'] = {'targets': {
+        'threadko': {'runs': [
+            _scaleout_run((1400.0, 2200.0, 2300.0), (0.9, 0.6, 0.3),
+                          (0.8, 0.95, 1.0)),
+            _scaleout_run((1500.0, 2100.0, 2400.0), (0.95, 0.55, 0.3),
+                          (0.8, 0.9, 1.0)),
+            _scaleout_run((1300.0, 2000.0, 2200.0), (0.85, 0.5, 0.25),
+                          (0.7, 0.9, 0.9))]},
+        'nameko': {'runs': [
+            _scaleout_run((400.0, 600.0, 800.0), (1.0, 0.9, 0.6),
+                          (0.5, 0.7, 0.9))]}}}
+
+    page = report.markdown(results)
+
+    section = page.split('### RPC, scale-out over service processes '
+                         '(`rpc_scaleout`)')[1].split('###')[0]
+    assert ('| target | runs | calls/s \u00d71 | calls/s \u00d72 | '
+            'calls/s \u00d74 | \u00d74 / \u00d71 | CPU/process \u00d71 |'
+            ) in section
+    # medians per column: the scaling is the median of the runs' ratios
+    assert ('| threadko | 3 | 1,400 | 2,100 | 2,300 | 1.64 | 0.90 | 0.55 '
+            '| 0.30 | 0.80 | 0.90 | 1.00 | 2.88\u00d7 |') in section
+    assert ('| Nameko | 1 | 400 | 600 | 800 | 2.00 | 1.00 | 0.90 | 0.60 '
+            '| 0.50 | 0.70 | 0.90 | \u2014 |') in section
+    assert '64 calls in flight' in section
+    assert '**rpc_scaleout.**' in page.split('## How it was measured')[1]
+
+    pytest.importorskip('matplotlib')
+    report.chart(results, tmp_path / 'chart.png')
+    assert (tmp_path / 'chart.png').read_bytes().startswith(PNG_SIGNATURE)
+
+
 def test_the_targets_table_marks_what_is_met_and_what_is_not(results):
     page = report.markdown(results)
 

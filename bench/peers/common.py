@@ -132,12 +132,23 @@ def sequential_calls(call, calls):
     }
 
 
+def _loop_result(calls, start, cpu_start, in_flight):
+    """What a load loop started at ``start`` (``time.perf_counter()``)
+    and ``cpu_start`` (``time.process_time()``) made of ``calls`` calls:
+    calls/s, and this process's CPU time over the loop's wall time."""
+    elapsed = time.perf_counter() - start
+    return {'calls': calls, 'calls_per_s': calls / elapsed,
+            'in_flight': in_flight,
+            'client_cpu_share': (time.process_time() - cpu_start) / elapsed}
+
+
 def timed_pipeline(start_call, wait, in_flight, duration):
     """Keep ``in_flight`` calls outstanding from one thread for
     ``duration`` seconds: ``start_call()`` begins one and returns a handle,
     ``wait(handle)`` waits for its answer (oldest first)."""
     pending = collections.deque()
     done = 0
+    cpu_start = time.process_time()
     start = time.perf_counter()
     end = start + duration
     for _ in range(in_flight):
@@ -147,9 +158,7 @@ def timed_pipeline(start_call, wait, in_flight, duration):
         done += 1
         if time.perf_counter() < end:
             pending.append(start_call())
-    elapsed = time.perf_counter() - start
-    return {'calls': done, 'calls_per_s': done / elapsed,
-            'in_flight': in_flight}
+    return _loop_result(done, start, cpu_start, in_flight)
 
 
 def threaded_loop(call, threads, duration):
@@ -166,6 +175,7 @@ def threaded_loop(call, threads, duration):
     workers = [threading.Thread(target=caller, args=(index,),
                                 name='bench-caller-{}'.format(index))
                for index in range(threads)]
+    cpu_start = time.process_time()
     start = time.perf_counter()
     for worker in workers:
         worker.start()
@@ -173,9 +183,7 @@ def threaded_loop(call, threads, duration):
     stop.set()
     for worker in workers:
         worker.join()
-    elapsed = time.perf_counter() - start
-    return {'calls': sum(counts), 'calls_per_s': sum(counts) / elapsed,
-            'in_flight': threads}
+    return _loop_result(sum(counts), start, cpu_start, threads)
 
 
 def _with_latencies(result, latencies):
