@@ -87,6 +87,15 @@ INVALID = [
     ('AUTO_DELETE_EVENT_EXCHANGES', 1, 'true or false'),
     ('DECLARE_EVENT_EXCHANGES', 'no', 'true or false'),
     ('DECLARE_EVENT_EXCHANGES', 0, 'true or false'),
+    ('QUEUE_TYPE', 'Quorum', "one of 'classic', 'quorum'"),
+    ('QUEUE_TYPE', 'stream', 'null means classic'),
+    ('QUEUE_DELIVERY_LIMIT', -1, '0 means no limit'),
+    ('QUEUE_DELIVERY_LIMIT', '3', 'a whole number of 0 or more'),
+    ('QUEUE_DELIVERY_LIMIT', True, 'a whole number of 0 or more'),
+    ('PUBLISH_BLOCKED_TIMEOUT', 0, 'seconds above 0'),
+    ('PUBLISH_BLOCKED_TIMEOUT', '30', 'null waits as long as the alarm'),
+    ('RPC_TIMEOUT', -1, 'seconds above 0'),
+    ('RPC_TIMEOUT', True, 'null waits forever'),
     ('WEB_SERVER_ADDRESS', 'localhost:http', '[host:]port'),
     ('WEB_SERVER_ADDRESS', 'a:b:80', '[host:]port'),
     ('WEB_SERVER_ADDRESS', '127.0.0.1:65536', 'from 0 to 65535'),
@@ -173,6 +182,17 @@ VALID = [
     ('AUTO_DELETE_EVENT_EXCHANGES', None),
     ('DECLARE_EVENT_EXCHANGES', False),
     ('DECLARE_EVENT_EXCHANGES', None),
+    ('QUEUE_TYPE', 'classic'),
+    ('QUEUE_TYPE', 'quorum'),
+    ('QUEUE_TYPE', None),  # classic
+    ('QUEUE_DELIVERY_LIMIT', 3),
+    ('QUEUE_DELIVERY_LIMIT', 0),  # no limit
+    ('QUEUE_DELIVERY_LIMIT', None),  # no limit
+    ('PUBLISH_BLOCKED_TIMEOUT', 30),
+    ('PUBLISH_BLOCKED_TIMEOUT', 0.5),
+    ('PUBLISH_BLOCKED_TIMEOUT', None),  # as long as the alarm lasts
+    ('RPC_TIMEOUT', 5),
+    ('RPC_TIMEOUT', None),  # forever
     ('WEB_SERVER_ADDRESS', None),  # serves nothing
     ('WEB_SERVER_ADDRESS', '0'),  # a port the system picks
     ('WEB_SERVER_ADDRESS', '127.0.0.1:0'),

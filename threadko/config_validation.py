@@ -33,7 +33,10 @@ from collections.abc import Mapping
 from threadko.constants import (
     ACCEPT_CONFIG_KEY, AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY,
     DEFAULT_WEBSOCKET_PING_INTERVAL, HEARTBEAT_CONFIG_KEY, LOGGING_CONFIG_KEY, LOGIN_METHOD_CONFIG_KEY,
-    MAX_WORKERS_CONFIG_KEY, PARENT_CALLS_CONFIG_KEY, RPC_EXCHANGE_CONFIG_KEY,
+    MAX_WORKERS_CONFIG_KEY, PARENT_CALLS_CONFIG_KEY,
+    PUBLISH_BLOCKED_TIMEOUT_CONFIG_KEY, RPC_TIMEOUT_CONFIG_KEY,
+    QUEUE_DELIVERY_LIMIT_CONFIG_KEY, QUEUE_TYPE_CONFIG_KEY,
+    RPC_EXCHANGE_CONFIG_KEY,
     SERIALIZER_CONFIG_KEY, SERIALIZERS_CONFIG_KEY,
     SERVICE_CONTAINER_CLS_CONFIG_KEY, SHUTDOWN_GRACE_PERIOD_CONFIG_KEY,
     START_TIMEOUT_CONFIG_KEY, THREAD_JOIN_TIMEOUT_CONFIG_KEY,
@@ -216,6 +219,16 @@ def one_of(*choices):
         if not (isinstance(value, str) and value.upper() in choices):
             raise _Invalid(expected)
     return check_one_of
+
+
+def choice(*choices):
+    """A checker of text that is exactly one of ``choices``."""
+    expected = 'one of {}'.format(', '.join(map(repr, choices)))
+
+    def check_choice(value, config):
+        if not (isinstance(value, str) and value in choices):
+            raise _Invalid(expected)
+    return check_choice
 
 
 def mapping(expected, fields=None, values=None, required=(),
@@ -441,6 +454,16 @@ CHECKS = {
         string, "or '' means the default, nameko-rpc"),
     'AUTO_DELETE_EVENT_EXCHANGES': optional(boolean, 'means false'),
     'DECLARE_EVENT_EXCHANGES': optional(boolean, 'means declare them'),
+    # x-queue-type values are case-sensitive on the broker
+    QUEUE_TYPE_CONFIG_KEY: optional(
+        choice('classic', 'quorum'), 'means classic'),
+    QUEUE_DELIVERY_LIMIT_CONFIG_KEY: optional(
+        whole_number(0), 'or 0 means no limit'),
+    # pika's blocked_connection_timeout of publisher connections
+    PUBLISH_BLOCKED_TIMEOUT_CONFIG_KEY: optional(
+        seconds(above_zero=True), 'waits as long as the alarm lasts'),
+    RPC_TIMEOUT_CONFIG_KEY: optional(
+        seconds(above_zero=True), 'waits forever'),
     WEB_SERVER_CONFIG_KEY: _web_server_address,
     'WEB_SERVER_MAX_REQUEST_BODY_SIZE': optional(
         whole_number(0), 'means no limit'),

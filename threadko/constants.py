@@ -27,6 +27,21 @@ SHUTDOWN_GRACE_PERIOD_CONFIG_KEY = 'SHUTDOWN_GRACE_PERIOD'
 # threadko-only: how long `threadko run` waits for its services to start
 # before it gives up (exit status 1); unset: as long as it takes
 START_TIMEOUT_CONFIG_KEY = 'START_TIMEOUT'
+# threadko-only: 'classic' (Nameko 2's queues: no x-queue-type argument) or
+# 'quorum': the type of the durable queues the instances of a service share
+# (RPC service queues, reliable SERVICE_POOL and SINGLETON event handler
+# queues); see threadko.amqp.entities.shared_queue_arguments
+QUEUE_TYPE_CONFIG_KEY = 'QUEUE_TYPE'
+# threadko-only: the x-delivery-limit of those queues when they are quorum
+# queues (null or 0: no limit)
+QUEUE_DELIVERY_LIMIT_CONFIG_KEY = 'QUEUE_DELIVERY_LIMIT'
+# threadko-only: how many seconds a publish waits while the broker blocks
+# publishing (a memory or disk alarm) before it raises PublishBlocked; null
+# waits as long as the alarm lasts (Nameko's behaviour)
+PUBLISH_BLOCKED_TIMEOUT_CONFIG_KEY = 'PUBLISH_BLOCKED_TIMEOUT'
+# threadko-only: the default timeout (seconds) of the RPC proxies injected
+# into services (RpcProxy/ServiceRpc, ClusterRpc); null waits forever
+RPC_TIMEOUT_CONFIG_KEY = 'RPC_TIMEOUT'
 
 DEFAULT_MAX_WORKERS = 10
 DEFAULT_PARENT_CALLS_TRACKED = 10
@@ -42,6 +57,14 @@ DEFAULT_TRANSPORT_OPTIONS = {
 DEFAULT_AMQP_URI = 'memory://'
 DEFAULT_THREAD_JOIN_TIMEOUT = 10.0
 DEFAULT_SHUTDOWN_GRACE_PERIOD = 25.0
+DEFAULT_PUBLISH_BLOCKED_TIMEOUT = 30.0
+DEFAULT_RPC_TIMEOUT = None  # wait forever, as Nameko
+CLASSIC_QUEUE_TYPE = 'classic'
+QUORUM_QUEUE_TYPE = 'quorum'
+DEFAULT_QUEUE_TYPE = CLASSIC_QUEUE_TYPE
+# RabbitMQ 4's default for quorum queues (3.x has none: a message requeued
+# by a handler that always fails would loop forever)
+DEFAULT_QUEUE_DELIVERY_LIMIT = 20
 # seconds of silence before a websocket is pinged (threadko.web.front; here
 # for the config checks, which must not import waitress)
 DEFAULT_WEBSOCKET_PING_INTERVAL = 20.0

@@ -29,7 +29,7 @@ event; it does not wait for (or guarantee) any handler.
 import logging
 import uuid
 
-from threadko.amqp.entities import Exchange, Queue
+from threadko.amqp.entities import Exchange, Queue, shared_queue_arguments
 from threadko.constants import PERSISTENT
 from threadko.exceptions import EventHandlerConfigurationError
 from threadko.messaging import Consumer, Publisher
@@ -118,6 +118,11 @@ class EventHandler(Consumer):
     ====================  ==================================================
 
     A queue is auto-delete when ``reliable_delivery`` is false.
+
+    With config ``QUEUE_TYPE: quorum``, the queues of reliable
+    ``SERVICE_POOL`` and ``SINGLETON`` handlers are quorum queues (see
+    :func:`~threadko.amqp.entities.shared_queue_arguments`); ``BROADCAST``
+    queues (one per instance) and auto-delete queues stay classic.
     """
 
     def __init__(self, source_service, event_type, handler_type=SERVICE_POOL,
@@ -155,17 +160,27 @@ class EventHandler(Consumer):
         return uuid.uuid4().hex
 
     def setup(self):
+        config = self.container.config
         self.queue = Queue(
             self.queue_name(), routing_key=self.event_type,
-            exchange=get_event_exchange(
-                self.source_service, self.container.config),
+            exchange=get_event_exchange(self.source_service, config),
             durable=True,
             auto_delete=not self.reliable_delivery,
             # an exclusive queue dies with its connection, which would lose
             # events a reliable handler must keep
             exclusive=(self.handler_type == BROADCAST
-                       and not self.reliable_delivery))
+                       and not self.reliable_delivery),
+            queue_arguments=(shared_queue_arguments(config)
+                             if self.is_shared_queue() else None))
         super().setup()
+
+    def is_shared_queue(self):
+        """Whether this handler's queue is durable and shared by the
+        instances of a service (may be a quorum queue): a reliable
+        ``SERVICE_POOL`` or ``SINGLETON`` handler's. A ``BROADCAST`` queue
+        belongs to one instance, and a quorum queue cannot be auto-delete.
+        """
+        return self.handler_type != BROADCAST and self.reliable_delivery
 
     def queue_name(self):
         """The name of this handler's queue (see the class docstring)."""

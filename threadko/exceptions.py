@@ -223,9 +223,16 @@ class BrokerRefused(pika.exceptions.ChannelClosedByBroker):
         self.action = action
 
     def __str__(self):
-        hints = (_PUBLISH_REFUSAL_HINTS if self.action.startswith('publish')
-                 else _REFUSAL_HINTS)
-        hint = hints.get(self.reply_code)
+        publishing = self.action.startswith('publish')
+        hint = None
+        if self.reply_code == 403:
+            # imported here: threadko.amqp imports this module
+            from threadko.amqp.errors import access_refused_hint
+            hint = access_refused_hint(
+                self, 'basic_publish' if publishing else None)
+        if hint is None:
+            hints = _PUBLISH_REFUSAL_HINTS if publishing else _REFUSAL_HINTS
+            hint = hints.get(self.reply_code)
         return 'The broker refused to {}: {} {}{}'.format(
             self.action, self.reply_code, self.reply_text,
             '; {}'.format(hint) if hint else '')
@@ -269,6 +276,63 @@ class BrokerUnavailable(ThreadkoException, ConnectionError):
                 '' if self.attempts == 1 else 's',
                 describe_error(self.error)))
 
+
+
+class PublishBlocked(ThreadkoException, ConnectionError):
+    """The broker blocked a publish for longer than
+    ``PUBLISH_BLOCKED_TIMEOUT`` because of a resource alarm (memory or
+    disk space low on a node): RabbitMQ stops reading from publishing
+    connections until the alarm clears.
+
+    ``reason`` is the broker's (``'low on memory'``, ``'low on disk'``),
+    ``timeout`` the seconds waited, ``maybe_sent`` whether the message had
+    been written to the connection already: then the broker may still
+    route it once the alarm clears (treat it like a timeout). A
+    ``ConnectionError``. Free memory or disk space on the broker, then try
+    again; nothing needs restarting.
+    """
+
+    def __init__(self, action, reason, timeout, maybe_sent=True):
+        self.action = action
+        self.reason = reason
+        self.timeout = timeout
+        self.maybe_sent = maybe_sent
+        super().__init__(action, reason, timeout, maybe_sent)
+
+    def __str__(self):
+        return (
+            'Could not {}: the broker has blocked publishing for {} because '
+            'of a resource alarm ({}). {} Free memory or disk space on the '
+            'broker (see its vm_memory_high_watermark and disk_free_limit) '
+            'and try again; PUBLISH_BLOCKED_TIMEOUT sets how long a publish '
+            'waits for the alarm to clear.'.format(
+                self.action,
+                'more than {} s'.format(self.timeout)
+                if self.timeout is not None else 'too long',
+                self.reason,
+                'The message may still be delivered once the alarm clears.'
+                if self.maybe_sent else 'Nothing was sent.'))
+
+
+class PublishUnconfirmed(BrokerUnavailable):
+    """Like :class:`BrokerUnavailable`, but at least one attempt had been
+    written to a connection that was lost before the broker confirmed it
+    (a node that died, a dropped connection): the message may or may not
+    have been routed, and was not confirmed by any later attempt. A
+    ``ConnectionError``."""
+
+    def __str__(self):
+        return (
+            'Could not {}: the connection to the broker at {} was lost '
+            'before the broker confirmed the message, and the retries '
+            'failed too ({} attempt{}; last error: {}). The message may or '
+            'may not have been delivered; publish it again once the broker '
+            'is back if it must arrive (consumers should tolerate a '
+            'duplicate), or allow more retries with retry_policy or '
+            'TRANSPORT_OPTIONS.'.format(
+                self.action, self.safe_uri, self.attempts,
+                '' if self.attempts == 1 else 's',
+                describe_error(self.error)))
 
 # the classes nameko.exceptions also defines (see _wire_path)
 _NAMEKO_NAMES = frozenset([

@@ -23,19 +23,24 @@ import time
 import uuid
 from functools import partial
 
+import pika.exceptions
+
 from threadko.amqp.consumer import QueueConsumer
-from threadko.amqp.entities import Exchange, Queue
+from threadko.amqp.entities import Exchange, Queue, shared_queue_arguments
 from threadko.amqp.headers import encode_to_headers
 from threadko.amqp.loop_publish import PublishNotConfirmed
-from threadko.amqp.publish import Publisher, SharedProducerPool
+from threadko.amqp.publish import (
+    Publisher, SharedProducerPool, publish_blocked_timeout,
+)
 from threadko.constants import (
-    DEFAULT_SERIALIZER, RPC_EXCHANGE_CONFIG_KEY,
+    DEFAULT_PUBLISH_BLOCKED_TIMEOUT, DEFAULT_RPC_TIMEOUT, DEFAULT_SERIALIZER,
+    RPC_EXCHANGE_CONFIG_KEY, RPC_TIMEOUT_CONFIG_KEY,
 )
 from threadko.exceptions import (
     BrokerRefused, ContainerBeingKilled, ForkedClientError,
-    IncorrectSignature, MalformedRequest, MethodNotFound, RpcTimeout,
-    UndeliverableMessage, UnknownService, UnserializableValueError,
-    deserialize, serialize,
+    IncorrectSignature, MalformedRequest, MethodNotFound,
+    ReplyQueueExpiredWithPendingReplies, RpcTimeout, UndeliverableMessage,
+    UnknownService, UnserializableValueError, deserialize, serialize,
 )
 from threadko.extensions import (
     DependencyProvider, Entrypoint, ProviderCollector, SharedExtension,
@@ -66,6 +71,30 @@ def reply_queue(exchange, owner_name, reply_key):
         'rpc.reply-{}-{}'.format(owner_name, reply_key),
         exchange=exchange, routing_key=reply_key,
         queue_arguments={'x-expires': RPC_REPLY_QUEUE_TTL})
+
+
+def reply_queue_lost(connection, queue_name):
+    """Whether the reply queue ``queue_name`` no longer exists (checked
+    passively, on a channel of its own: the broker closes the channel of a
+    failed check)."""
+    channel = connection.channel()
+    try:
+        channel.queue_declare(queue=queue_name, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != 404:
+            raise
+        return True
+    channel.close()
+    return False
+
+
+def lost_replies_error(queue_name):
+    """What the calls waiting for replies on a lost reply queue raise."""
+    return ReplyQueueExpiredWithPendingReplies(
+        'The reply queue {} disappeared (it expired or was deleted while '
+        'its connection was down) while calls were waiting for their '
+        'replies; those replies are lost. The calls may or may not have '
+        'run: call again if that is safe.'.format(queue_name))
 
 
 # -- serving ---------------------------------------------------------------
@@ -204,9 +233,12 @@ class RpcConsumer(ProviderCollector, SharedExtension):
         config = self.container.config
         service_name = self.container.service_name
         self.exchange = get_rpc_exchange(config)
+        # shared by the service's instances: a quorum queue if QUEUE_TYPE
+        # says so (classic and without arguments by default, as Nameko's)
         self.queue = Queue(
             'rpc-{}'.format(service_name), exchange=self.exchange,
-            routing_key='{}.*'.format(service_name), durable=True)
+            routing_key='{}.*'.format(service_name), durable=True,
+            queue_arguments=shared_queue_arguments(config))
         self.publisher = Publisher(self.producers.pool)
         self.queue_consumer.register_provider(self)
 
@@ -518,12 +550,16 @@ class RpcClient:
     forked = False
 
     def __init__(self, publisher, exchange_name, registry, reply_to,
-                 timeout=None, get_loop_publisher=None):
+                 timeout=None, get_loop_publisher=None,
+                 blocked_timeout=DEFAULT_PUBLISH_BLOCKED_TIMEOUT):
         self.publisher = publisher
         self.exchange_name = exchange_name
         self.registry = registry
         self.reply_to = reply_to
         self.timeout = timeout
+        #: seconds a request waits while a resource alarm blocks its
+        #: connection (``PUBLISH_BLOCKED_TIMEOUT``)
+        self.blocked_timeout = blocked_timeout
         self.get_loop_publisher = get_loop_publisher or (lambda: None)
         self._pid = os.getpid()
         fork.register(self)
@@ -584,7 +620,8 @@ class RpcClient:
                 loop_publisher.publish(
                     outgoing.exchange, outgoing.routing_key, outgoing.body,
                     outgoing.properties, mandatory=True,
-                    on_done=pending.published)
+                    on_done=pending.published,
+                    blocked_timeout=self.blocked_timeout)
                 if wait_for_confirm:
                     pending.wait_published()
                     if pending.publish_error is not None:
@@ -685,6 +722,38 @@ class ClusterProxy:
         return getattr(self, name)
 
 
+class _ReplyQueue:
+    """The container's reply queue (a :class:`Queue`, which it stands in
+    for). Each declaration after the first (the consumer declares its
+    queues again after a reconnect) first checks, when calls are waiting
+    for replies, that the queue survived: if it was deleted or expired
+    meanwhile, their replies are lost, and the calls fail at once with
+    :class:`~threadko.exceptions.ReplyQueueExpiredWithPendingReplies`
+    instead of waiting forever (or until their timeout)."""
+
+    def __init__(self, queue, registry):
+        self._queue = queue
+        self._registry = registry
+        self._declared = False
+
+    def __getattr__(self, name):
+        return getattr(self._queue, name)
+
+    def declare(self, channel):
+        if self._declared and len(self._registry):
+            if reply_queue_lost(channel.connection, self._queue.name):
+                _log.warning('Reply queue %s was lost with %s call(s) '
+                             'waiting; failing them', self._queue.name,
+                             len(self._registry))
+                self._registry.fail_all(lost_replies_error(
+                    self._queue.name))
+        self._queue.declare(channel)
+        self._declared = True
+
+    def __repr__(self):
+        return repr(self._queue)
+
+
 class ReplyListener(SharedExtension):
     """The container's reply queue, consumed on its consumer thread."""
 
@@ -699,9 +768,9 @@ class ReplyListener(SharedExtension):
         self.registry = ReplyRegistry()
 
     def setup(self):
-        self.queue = reply_queue(
+        self.queue = _ReplyQueue(reply_queue(
             get_rpc_exchange(self.container.config),
-            self.container.service_name, self.reply_key)
+            self.container.service_name, self.reply_key), self.registry)
         self.queue_consumer.register_provider(self)
 
     def stop(self):
@@ -722,40 +791,52 @@ class ReplyListener(SharedExtension):
         _log.error('Discarding undecodable RPC reply %s: %s', message, exc)
 
 
+_FROM_CONFIG = object()  # a proxy's timeout: RPC_TIMEOUT's
+
+
 class _RpcDependency(DependencyProvider):
     """Shared parts of :class:`RpcProxy` and :class:`ClusterRpc`."""
 
     rpc_reply_listener = ReplyListener()
     producers = SharedProducerPool()
 
-    def __init__(self, **options):
+    def __init__(self, timeout=_FROM_CONFIG, **options):
+        self.timeout = timeout
         self.options = {key: value for key, value in options.items()
                         if key not in RESTRICTED_PUBLISHER_OPTIONS}
 
     def setup(self):
         config = self.container.config
         listener = self.rpc_reply_listener
+        timeout = self.timeout
+        if timeout is _FROM_CONFIG:
+            timeout = config.get(RPC_TIMEOUT_CONFIG_KEY, DEFAULT_RPC_TIMEOUT)
         self.client = RpcClient(
             Publisher(self.producers.pool,
                       serializer=self.container.serializer, **self.options),
             get_rpc_exchange(config).name, listener.registry,
-            listener.reply_key,
-            get_loop_publisher=lambda: listener.queue_consumer.publisher)
+            listener.reply_key, timeout=timeout,
+            get_loop_publisher=lambda: listener.queue_consumer.publisher,
+            blocked_timeout=publish_blocked_timeout(config))
 
 
 class RpcProxy(_RpcDependency):
     """Injects a proxy to ``target_service``: ``self.other.method(...)``.
 
-    Calls block until the reply arrives (there is no timeout, as in
-    Nameko); ``self.other.method.call_async(...)`` returns an
-    :class:`RpcReply`. The worker's context data and call stack travel with
-    each request. Extra keyword arguments are publish options
-    (``delivery_mode``, ``priority``, ``expiration``, ``headers``, ...).
+    Calls block until the reply arrives, or for at most ``timeout`` seconds
+    (then :class:`~threadko.exceptions.RpcTimeout`); the default is the
+    ``RPC_TIMEOUT`` config key, unset: no timeout, as in Nameko.
+    ``self.other.method.call_async(...)`` returns an :class:`RpcReply`. A
+    call whose reply queue was lost while the container reconnected raises
+    :class:`~threadko.exceptions.ReplyQueueExpiredWithPendingReplies`. The
+    worker's context data and call stack travel with each request. Extra
+    keyword arguments are publish options (``delivery_mode``,
+    ``priority``, ``expiration``, ``headers``, ...).
     """
 
-    def __init__(self, target_service, **options):
+    def __init__(self, target_service, timeout=_FROM_CONFIG, **options):
         self.target_service = target_service
-        super().__init__(**options)
+        super().__init__(timeout=timeout, **options)
 
     def get_dependency(self, worker_ctx):
         return ServiceProxy(
@@ -769,7 +850,8 @@ ServiceRpc = RpcProxy
 
 class ClusterRpc(_RpcDependency):
     """Injects a proxy to every service: ``self.rpc.other.method(...)``
-    (Nameko 3's ``ClusterRpc``)."""
+    (Nameko 3's ``ClusterRpc``). ``timeout`` and the other arguments as
+    for :class:`RpcProxy`."""
 
     def get_dependency(self, worker_ctx):
         return ClusterProxy(self.client, lambda: worker_ctx.context_data)

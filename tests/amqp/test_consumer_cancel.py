@@ -3,6 +3,7 @@ node gone) is consumed again, on the embedded broker and on RabbitMQ."""
 
 import logging
 import threading
+import time
 
 from threadko.amqp.connection import Connector
 from threadko.events import event_handler
@@ -66,11 +67,15 @@ def test_event_queue_deleted_under_a_running_service_is_bound_again(
     assert Listener.received, 'no event handled after the queue was deleted'
 
 
-def _eventually(call, attempts=10):
+def _eventually(call):
+    """``call()`` once it stops failing for want of a queue (polled for up
+    to WAIT seconds: a refused call comes back at once)."""
     from threadko.exceptions import RpcTimeout, UnknownService
-    for _ in range(attempts - 1):
+    deadline = time.monotonic() + WAIT
+    while True:
         try:
             return call()
         except (RpcTimeout, UnknownService):
-            continue
-    return call()
+            if time.monotonic() > deadline:
+                raise
+            threading.Event().wait(0.05)

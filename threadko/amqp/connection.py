@@ -8,6 +8,8 @@ A connection belongs to the thread that uses it (pika's rule); only
 """
 
 import logging
+import os
+import socket
 import ssl
 from collections import namedtuple
 from urllib.parse import unquote, urlsplit
@@ -20,7 +22,8 @@ from threadko.constants import (
     DEFAULT_TRANSPORT_OPTIONS, LOGIN_METHOD_CONFIG_KEY,
     TRANSPORT_OPTIONS_CONFIG_KEY,
 )
-from threadko.exceptions import ConfigurationError
+from threadko.amqp.errors import explain_connection_error
+from threadko.exceptions import ConfigurationError, describe_error
 from threadko.utils import fork, sanitize_url
 
 _log = logging.getLogger(__name__)
@@ -107,9 +110,32 @@ def parse_uri(uri, tls=False):
     )
 
 
+#: the ``AMQP_SSL`` key of the password of an encrypted ``keyfile``
+#: (threadko only: py-amqp has none); never logged or shown
+SSL_PASSWORD_KEY = 'password'
+
+# the AMQP_SSL keys that may appear in messages (not the password)
+_SSL_SHOWN_KEYS = ('ca_certs', 'certfile', 'keyfile', 'cert_reqs',
+                   'server_hostname')
+
+
+class _PasswordNeeded(Exception):
+    """The key file is encrypted and AMQP_SSL has no password (raised by
+    the password callback, so OpenSSL never prompts on a terminal)."""
+
+
+def _no_password():
+    raise _PasswordNeeded()
+
+
 def _ssl_context(option):
     """Build an SSLContext from ``AMQP_SSL`` (``True`` or a dict of
-    ``ca_certs``, ``certfile``, ``keyfile``, ``cert_reqs``)."""
+    ``ca_certs``, ``certfile``, ``keyfile``, ``password``, ``cert_reqs``).
+
+    :raises ConfigurationError: a file cannot be read or is not what its
+        key says, or the key cannot be decrypted; the message names the
+        key and the file, never the password
+    """
     if option is True:
         return ssl.create_default_context()
     options = dict(option)
@@ -117,12 +143,14 @@ def _ssl_context(option):
     cert_reqs = options.pop('cert_reqs', None)
     ca_certs = options.pop('ca_certs', None)
     if ca_certs:
-        context.load_verify_locations(ca_certs)
+        _load_ca_certs(context, ca_certs)
     else:
         context.load_default_certs()
     certfile = options.pop('certfile', None)
+    password = options.pop(SSL_PASSWORD_KEY, None)
     if certfile:
-        context.load_cert_chain(certfile, options.pop('keyfile', None))
+        _load_cert_chain(
+            context, certfile, options.pop('keyfile', None), password)
     if cert_reqs is not None:
         if int(cert_reqs) == ssl.CERT_NONE:
             context.check_hostname = False
@@ -130,6 +158,61 @@ def _ssl_context(option):
     if not options.get('server_hostname'):
         context.check_hostname = False
     return context
+
+
+def _load_ca_certs(context, ca_certs):
+    try:
+        context.load_verify_locations(ca_certs)
+    except OSError as exc:
+        if isinstance(exc, ssl.SSLError):
+            reason = 'it holds no CA certificate in PEM format ({})'.format(
+                getattr(exc, 'reason', None) or exc)
+        else:
+            reason = 'it cannot be read ({})'.format(
+                exc.strerror or describe_error(exc))
+        raise ConfigurationError(
+            "AMQP_SSL['ca_certs'] is {!r}, and {}: point it at the PEM file "
+            "of the CA that signed the broker's certificate.".format(
+                ca_certs, reason)) from None
+
+
+def _load_cert_chain(context, certfile, keyfile, password):
+    for key, path in (('certfile', certfile), ('keyfile', keyfile)):
+        if path and not os.access(path, os.R_OK):
+            raise ConfigurationError(
+                "AMQP_SSL['{}'] is {!r}, which cannot be read: {}".format(
+                    key, path, 'no such file' if not os.path.exists(path)
+                    else 'permission denied'))
+    if password is None:
+        password = _no_password
+    elif not isinstance(password, (str, bytes)):
+        password = str(password)
+    key_source = ("AMQP_SSL['keyfile'] ({!r})".format(keyfile) if keyfile
+                  else "the key in AMQP_SSL['certfile'] ({!r})".format(
+                      certfile))
+    try:
+        context.load_cert_chain(certfile, keyfile, password)
+    except _PasswordNeeded:
+        raise ConfigurationError(
+            "{} is encrypted, and AMQP_SSL has no '{}': set AMQP_SSL['{}'] "
+            'to the password of the key.'.format(
+                key_source, SSL_PASSWORD_KEY, SSL_PASSWORD_KEY)) from None
+    except ssl.SSLError as exc:
+        reason = getattr(exc, 'reason', None)
+        if reason == 'KEY_VALUES_MISMATCH':
+            problem = ('is not the key of the certificate in '
+                       "AMQP_SSL['certfile'] ({!r}): give the key that "
+                       'belongs to it'.format(certfile))
+        elif password is not _no_password:
+            problem = ("cannot be decrypted with AMQP_SSL['{}'] (a wrong "
+                       'password?), or is not a PEM private key'.format(
+                           SSL_PASSWORD_KEY))
+        else:
+            problem = ("cannot be loaded ({}): AMQP_SSL['certfile'] ({!r}) "
+                       'must be a PEM certificate, and keyfile its PEM '
+                       'key'.format(reason or exc, certfile))
+        raise ConfigurationError('{} {}.'.format(key_source, problem)) \
+            from None
 
 
 def _credentials(address, login_method):
@@ -155,6 +238,22 @@ def _close_socket_in_child(connection):
     sock = getattr(transport, '_sock', None)
     if sock is not None:
         fork.close_in_child(sock)
+
+
+def abort(connection):
+    """Cut ``connection``'s socket instead of closing it gracefully: a
+    connection the broker blocks (a resource alarm) is not read by it, so
+    the Close handshake would wait until the alarm clears. The broker
+    requeues what the connection had not acked."""
+    transport = getattr(getattr(connection, '_impl', None), '_transport',
+                        None)
+    sock = getattr(transport, '_sock', None)
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # gone already
 
 
 class Connector:
@@ -188,6 +287,9 @@ class Connector:
         self.retry_policy = RetryPolicy.from_options(options)
 
         self.memory_vhost = None
+        self._addresses = addresses
+        self._login_method = config.get(LOGIN_METHOD_CONFIG_KEY)
+        self._tls = None  # AMQP_SSL's settings, for messages: no password
         if addresses[0].scheme == MEMORY_SCHEME:
             self.memory_vhost = addresses[0].vhost
             self.parameters = []
@@ -208,6 +310,10 @@ class Connector:
         for address in addresses:
             ssl_options = None
             if address.scheme in TLS_SCHEMES or ssl_option:
+                self._tls = (
+                    {key: ssl_option[key] for key in _SSL_SHOWN_KEYS
+                     if ssl_option.get(key) is not None}
+                    if isinstance(ssl_option, dict) else True)
                 context = _ssl_context(ssl_option or True)
                 server_hostname = (
                     ssl_option.get('server_hostname')
@@ -239,6 +345,41 @@ class Connector:
             connection = pika.BlockingConnection(self.parameters)
         _close_socket_in_child(connection)
         return connection
+
+    @property
+    def broker_text(self):
+        """Where connections go, for messages: ``host:port``, or each of
+        a failover list."""
+        places = ['{}:{}'.format(address.host, address.port)
+                  for address in self._addresses]
+        if len(places) == 1:
+            return places[0]
+        return '{} (AMQP_URI lists {})'.format(
+            ' or '.join(places), len(places))
+
+    def explain_connection_error(self, exc):
+        """Words for a failed :meth:`connect` that retrying will not fix
+        (a certificate, the TLS port, the login, the vhost: see
+        :func:`threadko.amqp.errors.explain_connection_error`), or None
+        for an outage."""
+        if self.is_memory:
+            return None
+        first = self._addresses[0]
+        return explain_connection_error(
+            exc, self.broker_text, tls=self._tls,
+            login_method=self._login_method, username=first.username,
+            vhost=first.vhost)
+
+    def configuration_error(self, exc):
+        """A :class:`ConfigurationError` (caused by ``exc``) for a failed
+        :meth:`connect` that retrying will not fix, or None for an outage,
+        which is worth retrying. Publishers call this before retrying."""
+        message = self.explain_connection_error(exc)
+        if message is None:
+            return None
+        error = ConfigurationError(message)
+        error.__cause__ = exc
+        return error
 
     def __repr__(self):
         return '<Connector {}>'.format(self.safe_uri)

@@ -24,7 +24,7 @@ from functools import partial
 
 import pika.exceptions
 
-from threadko.amqp.connection import CONNECTION_ERRORS, Connector
+from threadko.amqp.connection import CONNECTION_ERRORS, Connector, abort
 from threadko.amqp.errors import explain_declaration_error
 from threadko.amqp.loop_publish import LoopPublisher
 from threadko.amqp.publish import DECOMPRESSORS
@@ -198,10 +198,13 @@ class ConsumerLoop:
     declare and start consuming, then processes broker events until
     :meth:`stop`. A lost connection is replaced the same way.
 
-    ``on_connect`` may raise one of :data:`DECLARATION_ERRORS`: before the
-    first successful connection that ends the loop and :meth:`wait_ready`
-    raises :class:`ConfigurationError`; later it propagates from
-    :meth:`run`.
+    Before the first successful connection, an error that retrying does
+    not fix ends the loop and :meth:`wait_ready` raises
+    :class:`ConfigurationError`: ``on_connect`` raising one of
+    :data:`DECLARATION_ERRORS`, or a connection refused for its
+    certificate, login or vhost (``Connector.explain_connection_error``).
+    Later, both are logged as errors and retried with the connector's
+    back-off until :meth:`stop`: the loop does not end while not stopped.
 
     In a process forked from the loop's, the loop has no connection (its
     thread and connection stayed in the parent): :meth:`call_soon` returns
@@ -244,10 +247,19 @@ class ConsumerLoop:
 
     def _run(self):
         retry_intervals = None
+        refusal_intervals = None  # back-off after refused declarations
         while not self._stopping.is_set():
             try:
                 connection = self.connector.connect()
             except CONNECTION_ERRORS as exc:
+                problem = self.connector.explain_connection_error(exc)
+                if problem is not None and not self._ready.done():
+                    # a certificate, the login or the vhost: retrying does
+                    # not help, so the first connection fails at once
+                    error = ConfigurationError(problem)
+                    error.__cause__ = exc
+                    self._ready.fail(error)
+                    return
                 if retry_intervals is None:
                     policy = self.connector.retry_policy
                     retry_intervals = (
@@ -259,10 +271,19 @@ class ConsumerLoop:
                 if wait is None:
                     self._ready.fail(exc)
                     return
-                _log.warning(
-                    'Error connecting to broker at %s (%s).\n'
-                    'Retrying in %s seconds.', self.connector.safe_uri,
-                    describe_error(exc), wait)
+                if problem is not None:
+                    # connected before: someone may be fixing it (a
+                    # certificate rotated, permissions changed), so the
+                    # loop goes on trying, loudly
+                    _log.error(
+                        'Cannot reconnect %s to the broker: %s\n'
+                        'Retrying in %s seconds.', self.description,
+                        problem, wait)
+                else:
+                    _log.warning(
+                        'Error connecting to broker at %s (%s).\n'
+                        'Retrying in %s seconds.', self.connector.safe_uri,
+                        describe_error(exc), wait)
                 self._stopping.wait(wait)
                 continue
 
@@ -270,19 +291,32 @@ class ConsumerLoop:
             try:
                 self._consume(connection)
             except DECLARATION_ERRORS as exc:
-                if self._ready.done():
-                    raise
-                self._ready.fail(ConfigurationError(
-                    explain_declaration_error(exc, self.description)))
-                return
+                message = explain_declaration_error(exc, self.description)
+                if not self._ready.done():
+                    self._ready.fail(ConfigurationError(message))
+                    return
+                if self._stopping.is_set():
+                    break
+                # consumed before, so the declarations were fine then: a
+                # queue's node is down, permissions were revoked, ... Keep
+                # trying, with the connector's back-off, until stopped
+                if refusal_intervals is None:
+                    refusal_intervals = _forever(self.connector.retry_policy)
+                wait = next(refusal_intervals)
+                _log.error('%s\nRetrying in %s seconds.', message, wait)
+                self._stopping.wait(wait)
             except CONNECTION_ERRORS + (pika.exceptions.AMQPError,) as exc:
                 if self._stopping.is_set():
                     break
+                if self.connection is not None:
+                    refusal_intervals = None  # it consumed again meanwhile
                 _log.warning(
                     'Lost connection to broker at %s (%s); reconnecting',
                     self.connector.safe_uri, describe_error(exc))
             finally:
                 self.connection = None
+                if self.publisher.blocked is not None:
+                    abort(connection)  # closing would wait for the alarm
                 _close_quietly(connection)
                 self.publisher.detach()
 
@@ -345,7 +379,7 @@ class ConsumerLoop:
 
     def call_and_wait(self, callback, timeout):
         """Run ``callback`` on the loop's thread and wait until it ran, the
-        loop ended, or ``timeout`` passed."""
+        loop ended, or ``timeout`` passed; whether it ran."""
         done = threading.Event()
         with self._waiters_lock:
             self._waiters.add(done)
@@ -360,6 +394,17 @@ class ConsumerLoop:
             done.wait(timeout)
         with self._waiters_lock:
             self._waiters.discard(done)
+        return done.is_set()
+
+    def cut_if_blocked(self):
+        """From any thread: while the broker blocks the connection (a
+        resource alarm) it reads nothing from it, so the loop's thread can
+        wait in a round trip (a consumer's cancel) for as long as the alarm
+        lasts. Cut the connection's socket then, so that the thread stops
+        waiting; the broker requeues what was not acked."""
+        connection = self.connection
+        if connection is not None and self.publisher.blocked is not None:
+            abort(connection)
 
     def stop(self, drain_timeout=None):
         """Ask the loop to close its connection and return (from any
@@ -493,8 +538,9 @@ class QueueConsumer(ProviderCollector, SharedExtension):
         if (self._loop is not None
                 and threading.current_thread() is not self.consumer_thread):
             # bounded: a lost connection cancels everything anyway
-            self._loop.call_and_wait(
-                partial(self._cancel_for, provider), POLL_INTERVAL * 5)
+            if not self._loop.call_and_wait(
+                    partial(self._cancel_for, provider), POLL_INTERVAL * 5):
+                self._loop.cut_if_blocked()
         super().unregister_provider(provider)
 
     def _is_registered(self, provider):
@@ -563,7 +609,9 @@ class QueueConsumer(ProviderCollector, SharedExtension):
             intervals = _forever(self.connector.retry_policy)
         wait = next(intervals)
         _log.error('Cannot consume queue %s: %s; retrying in %s seconds',
-                   provider.queue.name, describe_error(exc), wait)
+                   provider.queue.name,
+                   explain_declaration_error(exc, self._loop.description),
+                   wait)
         self._resume_at[provider] = (time.monotonic() + wait, intervals)
 
     def _resume_consumers(self):
@@ -583,6 +631,11 @@ class QueueConsumer(ProviderCollector, SharedExtension):
     def _cancel_for(self, provider):
         self._resume_at.pop(provider, None)
         tag = self._consumer_tags.pop(provider, None)
+        if self._loop.publisher.blocked is not None:
+            # the broker reads nothing from a blocked connection: its
+            # cancel-ok would wait for the alarm to clear (the stop cuts
+            # the connection instead)
+            return
         if tag is not None and self._channel.is_open:
             self._channel.basic_cancel(tag)
 

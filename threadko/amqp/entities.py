@@ -1,6 +1,17 @@
 """Declarations of exchanges, queues and bindings (threadko's small stand-in
 for kombu's ``Exchange``/``Queue``), with the same defaults Nameko's kombu
-entities have, so both declare identical entities on a shared broker."""
+entities have, so both declare identical entities on a shared broker.
+
+:func:`shared_queue_arguments` decides the type (classic or quorum) of the
+durable queues that the instances of a service share."""
+
+from threadko.constants import (
+    CLASSIC_QUEUE_TYPE, DEFAULT_QUEUE_DELIVERY_LIMIT, DEFAULT_QUEUE_TYPE,
+    QUEUE_DELIVERY_LIMIT_CONFIG_KEY, QUEUE_TYPE_CONFIG_KEY, QUORUM_QUEUE_TYPE,
+)
+
+QUEUE_TYPE_ARGUMENT = 'x-queue-type'
+DELIVERY_LIMIT_ARGUMENT = 'x-delivery-limit'
 
 
 class Exchange:
@@ -128,6 +139,44 @@ class Queue:
     def __repr__(self):
         return 'Queue({!r}, exchange={!r}, routing_key={!r})'.format(
             self.name, self.exchange, self.routing_key)
+
+
+def shared_queue_arguments(config, arguments=None):
+    """The arguments to declare a queue that the instances of a service
+    share with: an RPC service queue (``rpc-<service>``), or the queue of
+    a reliable ``SERVICE_POOL`` or ``SINGLETON`` event handler. Such a
+    queue is durable, not exclusive and not auto-delete, which a quorum
+    queue must be.
+
+    With config ``QUEUE_TYPE`` unset or ``classic``, ``arguments`` as
+    given (``None`` for none, exactly what Nameko 2 declares). With
+    ``quorum``, a copy of them plus ``x-queue-type: quorum`` and, unless
+    config ``QUEUE_DELIVERY_LIMIT`` is null or 0, ``x-delivery-limit``
+    (default 20): RabbitMQ drops (or dead-letters) a message returned to
+    the queue more times than that, instead of delivering it again.
+
+    :param config: the container's (or client's) configuration
+    :param arguments: other ``x-`` arguments of the queue, or ``None``
+    :returns: the queue arguments, or ``None``
+    :raises ~threadko.exceptions.ConfigurationError: ``QUEUE_TYPE`` is
+        neither ``classic`` nor ``quorum``
+    """
+    queue_type = config.get(QUEUE_TYPE_CONFIG_KEY) or DEFAULT_QUEUE_TYPE
+    if queue_type == CLASSIC_QUEUE_TYPE:
+        return arguments
+    if queue_type != QUORUM_QUEUE_TYPE:
+        from threadko.exceptions import ConfigurationError  # imports pika
+        raise ConfigurationError(
+            'Unknown {} {!r}: use {!r} (the default) or {!r}'.format(
+                QUEUE_TYPE_CONFIG_KEY, queue_type, CLASSIC_QUEUE_TYPE,
+                QUORUM_QUEUE_TYPE))
+    quorum = dict(arguments or {})
+    quorum[QUEUE_TYPE_ARGUMENT] = QUORUM_QUEUE_TYPE
+    limit = config.get(
+        QUEUE_DELIVERY_LIMIT_CONFIG_KEY, DEFAULT_QUEUE_DELIVERY_LIMIT)
+    if limit:
+        quorum[DELIVERY_LIMIT_ARGUMENT] = limit
+    return quorum
 
 
 def _frozen(value):

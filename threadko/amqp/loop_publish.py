@@ -26,18 +26,35 @@ threads. These use three pika internals that are stable across pika 1.x:
 :func:`threadko.amqp.consumer.basic_consume`) ``Channel._consumers``. The
 in-process broker has no asynchronous core: there the loop publishes
 through ``add_callback_threadsafe``, each message confirmed as it goes.
+
+Resource alarms: RabbitMQ blocks a connection that publishes while a node
+is low on memory or disk (``connection.blocked``), and then reads nothing
+from it (acks included) until the alarm clears. The connection is not torn
+down (consuming resumes by itself afterwards). Once the publisher knows
+its connection is blocked it writes nothing more and holds what it is
+given; on ``connection.unblocked`` it publishes what it holds. A message
+published with a ``blocked_timeout`` (an RPC request: a caller waits for
+it) gives up after that many seconds of blocking with
+:class:`~threadko.exceptions.PublishBlocked`; a message without one (a
+reply: its request stays unacked meanwhile) waits for the alarm to clear.
+Warnings are logged when blocking starts and ends.
 """
 
 import logging
 import os
 import threading
+import time
 from collections import deque
+from functools import partial
 
 import pika
 import pika.exceptions
 
 from threadko.amqp.connection import CONNECTION_ERRORS
-from threadko.exceptions import BrokerRefused, UndeliverableMessage
+from threadko.amqp.publish import log_blocked, log_unblocked
+from threadko.exceptions import (
+    BrokerRefused, PublishBlocked, UndeliverableMessage,
+)
 from threadko.utils import fork
 
 _log = logging.getLogger(__name__)
@@ -67,6 +84,11 @@ class LoopPublisher:
         self._connection = None
         self._channel = None
         self._waker = None
+        #: the broker's reason while it blocks the connection (see the
+        #: module docstring); only the loop's thread changes it
+        self._blocked = None
+        self._blocked_since = None
+        self._expiry_timer = None
         fork.register(self)
 
     def _after_fork_in_child(self):
@@ -77,21 +99,33 @@ class LoopPublisher:
         self._callbacks = deque()
         self._connection = None
         self._channel = None
+        self._blocked = None
+        self._expiry_timer = None
         waker, self._waker = self._waker, None
         if waker is not None:
             waker.close_in_child()
 
+    @property
+    def blocked(self):
+        """The broker's reason while it blocks this connection (a resource
+        alarm), else None."""
+        return self._blocked
+
     # -- any thread ----------------------------------------------------------
 
     def publish(self, exchange, routing_key, body, properties,
-                mandatory=False, on_done=None):
+                mandatory=False, on_done=None, blocked_timeout=None):
         """Publish from the loop's thread; ``on_done(error)`` when settled.
 
         With ``mandatory``, ``properties.correlation_id`` must be unique
         among the messages in flight: it identifies a returned message.
+        ``blocked_timeout``: seconds the message may wait while the broker
+        blocks the connection, before ``on_done`` gets
+        :class:`~threadko.exceptions.PublishBlocked`; None: until the
+        alarm clears.
         """
         message = _Outgoing(exchange, routing_key, body, properties,
-                            mandatory, on_done)
+                            mandatory, on_done, blocked_timeout)
         with self._lock:
             attached = self._attached
             if attached:
@@ -118,9 +152,15 @@ class LoopPublisher:
         opens a channel)."""
         self._connection = connection
         self._channel = self._open_channel()
+        self._blocked = None
         waker = None
         if isinstance(connection, pika.BlockingConnection):
             waker = _Waker(connection, self._flush)
+            # called inside pika's poll, as the frames arrive
+            connection._impl.add_on_connection_blocked_callback(
+                partial(self._on_blocked, connection))
+            connection._impl.add_on_connection_unblocked_callback(
+                partial(self._on_unblocked, connection))
         with self._lock:
             self._waker = waker
             self._attached = True
@@ -140,6 +180,8 @@ class LoopPublisher:
                 waker.close()
         channel, self._channel = self._channel, None
         self._connection = None
+        self._blocked = None
+        self._expiry_timer = None  # the connection's timers are gone
         failure = PublishNotConfirmed(
             'the connection to the broker was lost{}'.format(
                 ': {}'.format(error) if error else ''))
@@ -154,11 +196,14 @@ class LoopPublisher:
         asynchronous core."""
         channel = self._channel
         usable = channel is not None and channel.closed is None
+        held = self._blocked is not None
+        messages = None
         with self._lock:
             callbacks, self._callbacks = self._callbacks, deque()
             if usable:
                 self._wake_scheduled = False
-                messages, self._outbox = self._outbox, deque()
+                if not held:
+                    messages, self._outbox = self._outbox, deque()
         for callback in callbacks:
             try:
                 callback()
@@ -168,8 +213,91 @@ class LoopPublisher:
         if not usable:
             # reopening blocks: do it outside the poll
             self._loop.call_soon(self._reopen_and_flush)
+        elif held:
+            self._hold()
         elif messages:
             channel.publish(messages)
+
+    # -- resource alarms (the loop's thread) --------------------------------
+
+    def _on_blocked(self, connection, impl, method_frame):
+        if connection is not self._connection or self._blocked is not None:
+            return
+        now = time.monotonic()
+        self._blocked = method_frame.method.reason or 'no reason given'
+        self._blocked_since = now
+        log_blocked(self._where(), self._safe_uri(), self._blocked, None,
+                    'RPC requests give up after PUBLISH_BLOCKED_TIMEOUT '
+                    'with PublishBlocked, replies wait, and acks and '
+                    'deliveries on this connection pause until it clears')
+        channel = self._channel
+        for message in getattr(channel, 'in_flight', lambda: ())():
+            message.hold(now)  # written already: its confirm waits too
+        self._hold()
+
+    def _on_unblocked(self, connection, impl, method_frame):
+        if connection is not self._connection or self._blocked is None:
+            return
+        self._blocked = None
+        timer, self._expiry_timer = self._expiry_timer, None
+        if timer is not None:
+            connection.remove_timeout(timer)
+        log_unblocked(self._where(), self._safe_uri(),
+                      time.monotonic() - self._blocked_since)
+        for message in getattr(self._channel, 'in_flight', lambda: ())():
+            message.deadline = None  # a later alarm starts a new clock
+        self._flush()  # what was held
+
+    def _where(self):
+        return 'the connection of {}'.format(
+            getattr(self._loop, 'description', 'a consumer'))
+
+    def _safe_uri(self):
+        connector = getattr(self._loop, 'connector', None)
+        return getattr(connector, 'safe_uri', '?')
+
+    def _hold(self):
+        """The connection is blocked: start the clocks of the messages
+        held, and wake up when the first of them runs out."""
+        now = time.monotonic()
+        with self._lock:
+            for message in self._outbox:
+                message.hold(now)
+            outbox = list(self._outbox)
+        channel = self._channel
+        deadlines = [message.deadline for message in outbox +
+                     list(getattr(channel, 'in_flight', lambda: ())())
+                     if message.deadline is not None]
+        timer, self._expiry_timer = self._expiry_timer, None
+        if timer is not None:
+            self._connection.remove_timeout(timer)
+        if deadlines:
+            self._expiry_timer = self._connection.call_later(
+                max(0.0, min(deadlines) - now), self._expire)
+
+    def _expire(self):
+        """Fail the messages blocked for longer than their timeout."""
+        self._expiry_timer = None
+        if self._blocked is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            keep, expired = deque(), []
+            for message in self._outbox:
+                if message.deadline is not None and message.deadline <= now:
+                    expired.append(message)
+                else:
+                    keep.append(message)
+            self._outbox = keep
+        channel = self._channel
+        written = channel.expire(now) if channel is not None else []
+        for message, maybe_sent in ([(m, False) for m in expired] +
+                                    [(m, True) for m in written]):
+            message.done(PublishBlocked(
+                'publish to exchange {!r} with routing key {!r}'.format(
+                    message.exchange, message.routing_key),
+                self._blocked, message.blocked_timeout, maybe_sent))
+        self._hold()
 
     def settled(self):
         """True when nothing handed to this publisher is still waiting: no
@@ -267,10 +395,11 @@ class _Waker:
 
 class _Outgoing:
     __slots__ = ('exchange', 'routing_key', 'body', 'properties',
-                 'mandatory', 'on_done', 'returned')
+                 'mandatory', 'on_done', 'returned', 'blocked_timeout',
+                 'deadline')
 
     def __init__(self, exchange, routing_key, body, properties, mandatory,
-                 on_done):
+                 on_done, blocked_timeout=None):
         self.exchange = exchange
         self.routing_key = routing_key
         self.body = body
@@ -278,6 +407,15 @@ class _Outgoing:
         self.mandatory = mandatory
         self.on_done = on_done
         self.returned = False
+        self.blocked_timeout = blocked_timeout
+        self.deadline = None  # set while the connection is blocked
+
+    def hold(self, now):
+        """The connection is blocked: the message gives up
+        ``blocked_timeout`` seconds from ``now`` (or from when it was first
+        held)."""
+        if self.deadline is None and self.blocked_timeout is not None:
+            self.deadline = now + self.blocked_timeout
 
     def done(self, error=None):
         if self.on_done is None:
@@ -331,6 +469,24 @@ class _PikaConfirmChannel:
     @property
     def unconfirmed(self):
         return bool(self._unconfirmed)
+
+    def in_flight(self):
+        """The messages published and not yet confirmed."""
+        return list(self._unconfirmed.values())
+
+    def expire(self, now):
+        """Forget, and return, the messages whose deadline has passed (a
+        late confirm of theirs is ignored)."""
+        expired = [tag for tag, message in self._unconfirmed.items()
+                   if message.deadline is not None
+                   and message.deadline <= now]
+        messages = []
+        for tag in expired:
+            message = self._unconfirmed.pop(tag)
+            if message.mandatory:
+                self._returnable.pop(message.properties.correlation_id, None)
+            messages.append(message)
+        return messages
 
     def _on_return(self, channel, method, properties, body):
         message = self._returnable.get(properties.correlation_id)
@@ -401,6 +557,12 @@ class _SyncConfirmChannel:
                 message.done(None)
 
     unconfirmed = False  # each message is confirmed as it is published
+
+    def in_flight(self):
+        return ()
+
+    def expire(self, now):
+        return []
 
     def fail_all(self, error):
         pass  # nothing is ever left unconfirmed

@@ -46,8 +46,9 @@ Accepted and ignored
     ``durable`` (nothing survives the process; the flag only takes part in
     equivalence checks), ``prefetch_size``, consumer ``arguments``, message
     ``priority``, and queue/exchange arguments such as ``x-max-priority``,
-    ``x-dead-letter-*``, ``x-max-length``, ``x-queue-type`` and
-    ``alternate-exchange`` (no dead-lettering, no length limits).
+    ``x-dead-letter-*``, ``x-max-length``, ``x-queue-type``,
+    ``x-delivery-limit`` and ``alternate-exchange`` (no dead-lettering, no
+    length or delivery limits).
 
 Differences from pika + RabbitMQ
     - Time-based expiry is checked lazily: unused ``x-expires`` queues are
@@ -116,7 +117,7 @@ _QUEUE_EQUIVALENCE_ARGUMENTS = (
     'x-expires', 'x-message-ttl', 'x-dead-letter-exchange',
     'x-dead-letter-routing-key', 'x-max-length', 'x-max-length-bytes',
     'x-max-priority', 'x-overflow', 'x-queue-mode', 'x-queue-type',
-    'x-single-active-consumer',
+    'x-single-active-consumer', 'x-delivery-limit',
 )
 _EXCHANGE_EQUIVALENCE_ARGUMENTS = ('alternate-exchange',)
 

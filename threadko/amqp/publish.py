@@ -5,11 +5,21 @@ A :class:`ProducerPool` lends each publishing thread a connection of its own
 afterwards, so concurrent publishers never share a channel and idle ones
 reuse connections. :class:`Publisher` adds Nameko's message defaults on top:
 persistent delivery, priority 0, confirms, mandatory detection, retries.
+
+Resource alarms: while a RabbitMQ node is low on memory or disk it stops
+reading from every connection that publishes (``connection.blocked``). A
+pooled connection waits at most ``PUBLISH_BLOCKED_TIMEOUT`` seconds for
+the alarm to clear (pika's ``blocked_connection_timeout``: the connection
+is torn down, because a blocked connection cannot even be closed
+gracefully), then the publish raises
+:class:`~threadko.exceptions.PublishBlocked`; the next publish opens a
+new connection. Warnings are logged when blocking starts and ends.
 """
 
 import bz2
 import logging
 import threading
+import time
 import warnings
 import zlib
 from collections import namedtuple
@@ -22,10 +32,12 @@ from threadko.amqp.connection import (
     CONNECTION_ERRORS, Connector, RetryPolicy,
 )
 from threadko.constants import (
-    DEFAULT_RETRY_POLICY, DEFAULT_SERIALIZER, PERSISTENT,
+    DEFAULT_PUBLISH_BLOCKED_TIMEOUT, DEFAULT_RETRY_POLICY,
+    DEFAULT_SERIALIZER, PERSISTENT, PUBLISH_BLOCKED_TIMEOUT_CONFIG_KEY,
 )
 from threadko.exceptions import (
-    BrokerRefused, BrokerUnavailable, UndeliverableMessage,
+    BrokerRefused, BrokerUnavailable, PublishBlocked, PublishUnconfirmed,
+    UndeliverableMessage,
 )
 from threadko.extensions import SharedExtension
 from threadko.utils import fork
@@ -52,15 +64,66 @@ _PROPERTY_NAMES = frozenset([
 ])
 
 
+def publish_blocked_timeout(config):
+    """``PUBLISH_BLOCKED_TIMEOUT`` of ``config``: seconds, or None (wait
+    as long as a resource alarm lasts)."""
+    return config.get(PUBLISH_BLOCKED_TIMEOUT_CONFIG_KEY,
+                      DEFAULT_PUBLISH_BLOCKED_TIMEOUT)
+
+
+def log_blocked(where, safe_uri, reason, timeout, outcome):
+    """The warning logged when the broker blocks a connection."""
+    _log.warning(
+        'The broker at %s is blocking publishing on %s: resource alarm '
+        '(%s). Publishes wait for it to clear; %s.', safe_uri, where,
+        reason, outcome.format(timeout))
+
+
+def log_unblocked(where, safe_uri, seconds):
+    _log.warning(
+        'The broker at %s unblocked publishing on %s after %.1f s: the '
+        'resource alarm cleared; publishing resumes.', safe_uri, where,
+        seconds)
+
+
 class _Producer:
     """One connection and channel, used by one thread at a time."""
 
-    def __init__(self, connection, use_confirms):
+    def __init__(self, connection, use_confirms, pool=None):
         self.connection = connection
         self.channel = connection.channel()
         if use_confirms:
             self.channel.confirm_delivery()
         self.declared = set()
+        #: the broker's reason while it blocks this connection
+        self.blocked = None
+        self._blocked_since = None
+        self._pool = pool
+        impl = getattr(connection, '_impl', None)  # None: memory://
+        if impl is not None and pool is not None:
+            # called inside pika's poll, as the frames arrive, also while
+            # a publish waits for its confirm
+            impl.add_on_connection_blocked_callback(self._on_blocked)
+            impl.add_on_connection_unblocked_callback(self._on_unblocked)
+
+    def _on_blocked(self, connection, method_frame):
+        self.blocked = method_frame.method.reason or 'no reason given'
+        self._blocked_since = time.monotonic()
+        timeout = self._pool.blocked_timeout
+        log_blocked('a publisher connection', self._pool.connector.safe_uri,
+                    self.blocked, timeout,
+                    'a publish raises PublishBlocked after {} s'
+                    if timeout is not None else
+                    'PUBLISH_BLOCKED_TIMEOUT is null: they wait as long as '
+                    'it lasts')
+
+    def _on_unblocked(self, connection, method_frame):
+        if self.blocked is None:
+            return
+        self.blocked = None
+        log_unblocked('a publisher connection',
+                      self._pool.connector.safe_uri,
+                      time.monotonic() - self._blocked_since)
 
     def declare(self, entities):
         """Declare each entity once per connection."""
@@ -95,11 +158,22 @@ class ProducerPool:
     In a process forked from the one that made it, the pool starts empty
     and opens connections of its own.
 
-    :param connector: a :class:`~threadko.amqp.connection.Connector`
+    A connection the broker blocks (a resource alarm) for more than
+    ``blocked_timeout`` seconds is torn down and its publish raises
+    :class:`~threadko.exceptions.PublishBlocked` (see the module
+    docstring); None waits as long as the alarm lasts.
+
+    :param connector: a :class:`~threadko.amqp.connection.Connector`; its
+        connection parameters get ``blocked_timeout`` as pika's
+        ``blocked_connection_timeout``
     """
 
-    def __init__(self, connector):
+    def __init__(self, connector,
+                 blocked_timeout=DEFAULT_PUBLISH_BLOCKED_TIMEOUT):
         self.connector = connector
+        self.blocked_timeout = blocked_timeout
+        for parameters in connector.parameters:
+            parameters.blocked_connection_timeout = blocked_timeout
         self._idle = {True: [], False: []}
         self._lock = threading.Lock()
         # notified by close(): ends the waits between retries
@@ -122,7 +196,7 @@ class ProducerPool:
             if idle:
                 return idle.pop(), True, self._generation
             generation = self._generation
-        producer = _Producer(self.connector.connect(), use_confirms)
+        producer = _Producer(self.connector.connect(), use_confirms, self)
         return producer, False, generation
 
     def _checkin(self, producer, use_confirms, generation):
@@ -141,9 +215,16 @@ class ProducerPool:
         :raises UndeliverableMessage: ``mandatory`` and no queue is bound
             (needs ``use_confirms``)
         :raises BrokerRefused: e.g. the exchange does not exist (404)
+        :raises PublishBlocked: a resource alarm blocked the publish for
+            longer than the pool's ``blocked_timeout``
+        :raises BrokerUnavailable: the retry policy is spent (nothing sent)
+        :raises PublishUnconfirmed: the retry policy is spent, and some
+            attempt was lost before its confirm (it may have been routed)
 
-        Connection errors are retried per ``retry_policy``; the last one is
-        raised when it is spent.
+        Connection errors, a connection lost while waiting for the confirm
+        included, are retried per ``retry_policy`` (at least once: a
+        message whose confirm was lost is published again, so it may
+        arrive twice).
         """
         def publish(producer):
             try:
@@ -158,7 +239,8 @@ class ProducerPool:
             return 'publish to exchange {!r} with routing key {!r}'.format(
                 exchange, routing_key)
 
-        self._run(publish, action, use_confirms, retry, retry_policy)
+        self._run(publish, action, use_confirms, retry, retry_policy,
+                  confirmed=use_confirms)
 
     def declare(self, entities, retry=True, retry_policy=None):
         """Declare ``entities`` (exchanges and queues) now.
@@ -171,7 +253,8 @@ class ProducerPool:
                       lambda: 'declare {}'.format(entities), True, retry,
                       retry_policy)
 
-    def _run(self, operation, action, use_confirms, retry, retry_policy):
+    def _run(self, operation, action, use_confirms, retry, retry_policy,
+             confirmed=False):
         """Run ``operation(producer)`` on a lent producer, retrying
         connection errors per the policy. ``action()`` words what was
         attempted, for a refusal (built only then: publishing is a hot
@@ -181,6 +264,7 @@ class ProducerPool:
             else DEFAULT_RETRY_POLICY)
         intervals = policy.intervals() if retry else iter(())
         attempts = 0
+        unconfirmed = False  # an attempt may have reached the broker
         with self._lock:
             began = self._generation
         while True:
@@ -196,14 +280,31 @@ class ProducerPool:
                 producer.close()
                 raise BrokerRefused(
                     action(), exc.reply_code, exc.reply_text)
+            except pika.exceptions.ConnectionBlockedTimeout:
+                # pika tore the blocked connection down (it could not be
+                # closed: the broker reads nothing from it)
+                producer.close()
+                raise PublishBlocked(
+                    action(), producer.blocked or 'no reason given',
+                    self.blocked_timeout) from None
             except (pika.exceptions.NackError,) + CONNECTION_ERRORS as exc:
                 if producer is not None:
                     producer.close()
+                    if not isinstance(exc, _NOT_SENT_ERRORS):
+                        # lost while waiting for the confirm (or on a
+                        # stale idle connection: we cannot tell)
+                        unconfirmed = True
                 if reused:
                     # an idle connection the broker dropped meanwhile: try
                     # the next one (or a new one) straight away
                     _log.debug('idle publisher connection was lost (%r)', exc)
                     continue
+                if not isinstance(exc, pika.exceptions.NackError):
+                    # a certificate, the login or the vhost: retrying does
+                    # not help
+                    error = self.connector.configuration_error(exc)
+                    if error is not None:
+                        raise error
                 attempts += 1
                 wait = next(intervals, None)
                 if wait is not None:
@@ -215,7 +316,9 @@ class ProducerPool:
                 if wait is None:
                     if isinstance(exc, pika.exceptions.NackError):
                         raise
-                    raise BrokerUnavailable(
+                    error = (PublishUnconfirmed if unconfirmed and confirmed
+                             else BrokerUnavailable)
+                    raise error(
                         action(), self.connector.safe_uri, attempts,
                         exc) from exc
             except BaseException:
@@ -247,6 +350,14 @@ class ProducerPool:
             self._closed.notify_all()
         for producer in idle:
             producer.close()
+
+
+# a publish that failed with these never left this process
+_NOT_SENT_ERRORS = (
+    pika.exceptions.ChannelWrongStateError,
+    pika.exceptions.ConnectionWrongStateError,
+    pika.exceptions.ChannelClosedByClient,
+)
 
 
 class Outgoing(namedtuple('Outgoing', [
@@ -385,9 +496,10 @@ class SharedProducerPool(SharedExtension):
         # created on first use: the extensions using it set up concurrently
         with self._lock:
             if self._pool is None:
-                self._pool = ProducerPool(Connector(
-                    self.container.config, heartbeat=0,
-                    transport_options=False))
+                config = self.container.config
+                self._pool = ProducerPool(
+                    Connector(config, heartbeat=0, transport_options=False),
+                    blocked_timeout=publish_blocked_timeout(config))
             return self._pool
 
     def interrupt_start(self):

@@ -17,7 +17,9 @@ Until then, dispatching raises :class:`~threadko.exceptions.BrokerRefused`
 """
 
 from threadko.amqp.connection import Connector
-from threadko.amqp.publish import ProducerPool, Publisher
+from threadko.amqp.publish import (
+    ProducerPool, Publisher, publish_blocked_timeout,
+)
 from threadko.events import get_event_exchange
 from threadko.standalone import client_config
 from threadko import serialization
@@ -37,7 +39,9 @@ def event_dispatcher(nameko_config=None, **kwargs):
     config = client_config(nameko_config, kwargs)
     serializer, _ = serialization.setup(config)
     kwargs.setdefault('serializer', serializer)
-    pool = ProducerPool(Connector(config, heartbeat=0, transport_options=False))
+    pool = ProducerPool(
+        Connector(config, heartbeat=0, transport_options=False),
+        blocked_timeout=publish_blocked_timeout(config))
     publisher = Publisher(pool, **kwargs)
 
     def dispatch(service_name, event_type, event_data):

@@ -20,18 +20,18 @@ import pika.exceptions
 
 from threadko.amqp.connection import Connector
 from threadko.amqp.consumer import ConsumerLoop, basic_consume, decode_body
-from threadko.amqp.publish import Publisher, ProducerPool
+from threadko.amqp.publish import (
+    Publisher, ProducerPool, publish_blocked_timeout,
+)
 from threadko.constants import (
     CALL_ID_STACK_CONTEXT_KEY, DEFAULT_HEARTBEAT,
     DEFAULT_PARENT_CALLS_TRACKED, HEARTBEAT_CONFIG_KEY,
     PARENT_CALLS_CONFIG_KEY,
 )
-from threadko.exceptions import (
-    ReplyQueueExpiredWithPendingReplies, RpcClientStopped,
-)
+from threadko.exceptions import RpcClientStopped
 from threadko.rpc import (
     RESTRICTED_PUBLISHER_OPTIONS, ClusterProxy, ReplyRegistry, RpcClient,
-    ServiceProxy, get_rpc_exchange, reply_queue,
+    ServiceProxy, get_rpc_exchange, lost_replies_error, reply_queue,
 )
 from threadko.standalone import client_config
 from threadko.utils import fork
@@ -151,8 +151,10 @@ class _ClientBase:
             Connector(config, heartbeat=config.get(
                 HEARTBEAT_CONFIG_KEY, DEFAULT_HEARTBEAT)),
             self._on_connect, 'RPC client', give_up_first_connect=True)
+        blocked_timeout = publish_blocked_timeout(config)
         self._pool = ProducerPool(
-            Connector(config, heartbeat=0, transport_options=False))
+            Connector(config, heartbeat=0, transport_options=False),
+            blocked_timeout=blocked_timeout)
 
         options = dict(self.publisher_options)
         options.setdefault('serializer', serializer)
@@ -161,6 +163,7 @@ class _ClientBase:
         client.exchange_name = exchange.name
         client.registry = self._registry
         client.reply_to = reply_key
+        client.blocked_timeout = blocked_timeout
         client.get_loop_publisher = lambda: loop.publisher
 
         self._thread = threading.Thread(
@@ -242,9 +245,7 @@ class _ClientBase:
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code != 404:
                 raise
-        self._registry.fail_all(ReplyQueueExpiredWithPendingReplies(
-            'The reply queue {} disappeared while calls were waiting for '
-            'their replies; they are lost'.format(self._queue.name)))
+        self._registry.fail_all(lost_replies_error(self._queue.name))
         return connection.channel()
 
     def _on_reply(self, channel, method, properties, body):
