@@ -2,6 +2,7 @@
 that started it has torn down (containers stopped or killed, blocked workers
 released)."""
 
+import signal
 import threading
 import time
 
@@ -10,6 +11,12 @@ import pytest
 from threadko.containers import ServiceContainer
 
 LEAK_GRACE = 5.0  # seconds for threads that are already on their way out
+
+# A test run started in the background by a non-interactive shell inherits
+# an ignored SIGINT, and so would every child process the tests send Ctrl-C
+# to; a handler here makes children start with the default again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # a Nameko project, run by tests/test_nameko_ecosystem.py in a child pytest
 # of its own (its pytest.ini, the community extensions on PYTHONPATH)

@@ -66,10 +66,18 @@ def get_rpc_exchange(config):
 
 
 def reply_queue(exchange, owner_name, reply_key):
-    """The reply queue ``rpc.reply-<owner>-<key>`` bound with ``<key>``."""
+    """The reply queue ``rpc.reply-<owner>-<key>`` bound with ``<key>``.
+
+    Not durable (Nameko's is): in a cluster, a durable classic queue whose
+    node is down can be neither used nor declared again until the node is
+    back, while a transient one is deleted with its node, so the owner,
+    reconnected to another node, declares it anew there (the calls that
+    were waiting fail as lost). Only its owner declares it, so Nameko peers
+    see no difference.
+    """
     return Queue(
         'rpc.reply-{}-{}'.format(owner_name, reply_key),
-        exchange=exchange, routing_key=reply_key,
+        exchange=exchange, routing_key=reply_key, durable=False,
         queue_arguments={'x-expires': RPC_REPLY_QUEUE_TTL})
 
 
