@@ -28,7 +28,7 @@ import pika.exceptions
 from threadko.amqp.consumer import QueueConsumer
 from threadko.amqp.entities import Exchange, Queue, shared_queue_arguments
 from threadko.amqp.headers import encode_to_headers
-from threadko.amqp.loop_publish import PublishNotConfirmed
+from threadko.amqp.loop_publish import PublishNacked, PublishNotConfirmed
 from threadko.amqp.publish import (
     Publisher, SharedProducerPool, publish_blocked_timeout,
 )
@@ -94,6 +94,30 @@ def reply_queue_lost(connection, queue_name):
         return True
     channel.close()
     return False
+
+
+def declare_reply_queue_anew(channel, queue, renew, registry):
+    """Declare ``queue`` on ``channel`` again after a reconnect; if the
+    broker answers 404, the name is still registered on a node that is
+    going down ("process is stopped by supervisor") and cannot be used
+    until that node is gone: declare ``renew()`` (a queue with a new name)
+    on a channel of its own instead, fail the calls waiting for replies on
+    the old one, and return the new queue."""
+    try:
+        queue.declare(channel)
+        return queue
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != 404:
+            raise
+        refusal = exc
+    fresh = renew()
+    _log.warning('Reply queue %s cannot be declared again (%s); replies '
+                 'now go to %s', queue.name, refusal, fresh.name)
+    registry.fail_all(lost_replies_error(queue.name))
+    spare = channel.connection.channel()
+    fresh.declare(spare)
+    spare.close()
+    return fresh
 
 
 def lost_replies_error(queue_name):
@@ -182,8 +206,23 @@ class Responder:
         first published once more; refused again, the caller gets an error
         reply naming the refusal instead, and if even that is refused the
         request is dropped (acked) with an error logged.
+
+        A reply the broker nacks (the caller's reply queue is on a node
+        going down, say) is published once more; nacked again, it is
+        dropped and the request acked, with an error logged: running the
+        method again would not bring the reply queue back, and would
+        repeat its effects in a tight loop.
         """
         def settled(error):
+            if isinstance(error, PublishNacked):
+                if attempt == 1:
+                    self._publish(outgoing, on_done, prepare, attempt=2)
+                    return
+                _log.error('The broker refused (nacked) the reply to %s '
+                           'twice; dropping it (the caller\'s reply queue '
+                           'is unavailable, so the caller will see its '
+                           'call fail or time out)', self.message)
+                error = None
             if not isinstance(error, BrokerRefused):
                 if on_done is not None:
                     on_done(error)
@@ -739,9 +778,10 @@ class _ReplyQueue:
     :class:`~threadko.exceptions.ReplyQueueExpiredWithPendingReplies`
     instead of waiting forever (or until their timeout)."""
 
-    def __init__(self, queue, registry):
+    def __init__(self, queue, registry, renew):
         self._queue = queue
         self._registry = registry
+        self._renew = renew  # a queue with a new name, when this one's is stuck
         self._declared = False
 
     def __getattr__(self, name):
@@ -755,7 +795,11 @@ class _ReplyQueue:
                              len(self._registry))
                 self._registry.fail_all(lost_replies_error(
                     self._queue.name))
-        self._queue.declare(channel)
+        if self._declared:
+            self._queue = declare_reply_queue_anew(
+                channel, self._queue, self._renew, self._registry)
+        else:
+            self._queue.declare(channel)
         self._declared = True
 
     def __repr__(self):
@@ -774,12 +818,23 @@ class ReplyListener(SharedExtension):
         # same time as this extension
         self.reply_key = str(uuid.uuid4())
         self.registry = ReplyRegistry()
+        #: the RpcClients whose replies come here (they name the queue)
+        self.clients = []
 
     def setup(self):
-        self.queue = _ReplyQueue(reply_queue(
-            get_rpc_exchange(self.container.config),
-            self.container.service_name, self.reply_key), self.registry)
+        self.queue = _ReplyQueue(
+            self._reply_queue(), self.registry, self._renew_reply_queue)
         self.queue_consumer.register_provider(self)
+
+    def _reply_queue(self):
+        return reply_queue(get_rpc_exchange(self.container.config),
+                           self.container.service_name, self.reply_key)
+
+    def _renew_reply_queue(self):
+        self.reply_key = str(uuid.uuid4())
+        for client in self.clients:
+            client.reply_to = self.reply_key
+        return self._reply_queue()
 
     def stop(self):
         self.queue_consumer.unregister_provider(self)
@@ -826,6 +881,7 @@ class _RpcDependency(DependencyProvider):
             listener.reply_key, timeout=timeout,
             get_loop_publisher=lambda: listener.queue_consumer.publisher,
             blocked_timeout=publish_blocked_timeout(config))
+        listener.clients.append(self.client)
 
 
 class RpcProxy(_RpcDependency):

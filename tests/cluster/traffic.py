@@ -24,6 +24,7 @@ Dispatch = namedtuple('Dispatch', 'at id error')
 class Traffic:
     """RPC calls to ``service.method(n)`` and events ``(source,
     event_type)`` with payload ``{'id': n}``, until :meth:`stop`.
+    ``method`` may be a tuple: caller ``i`` calls ``method[i % len]``.
 
     :param config: the standalone clients' config (``AMQP_URI`` may be a
         failover list)
@@ -71,7 +72,10 @@ class Traffic:
 
     def _call_loop(self, index):
         with ClusterRpcProxy(self.config, timeout=self.timeout) as proxy:
-            method = getattr(getattr(proxy, self.service), self.method)
+            names = ((self.method,) if isinstance(self.method, str)
+                     else self.method)
+            method = getattr(getattr(proxy, self.service),
+                             names[index % len(names)])
             count = 0
             while not self._stopping.is_set():
                 count += 1

@@ -65,6 +65,11 @@ class PublishNotConfirmed(ConnectionError):
     before the broker confirmed it; it may or may not have been routed."""
 
 
+class PublishNacked(PublishNotConfirmed):
+    """The broker refused (nacked) the message: it could not take it, for
+    example because a queue it routes to is on a node going down."""
+
+
 class LoopPublisher:
     """Publishes for a consumer loop (see the module docstring).
 
@@ -496,7 +501,7 @@ class _PikaConfirmChannel:
     def _on_confirm(self, frame):
         method = frame.method
         error = None if isinstance(method, pika.spec.Basic.Ack) else \
-            PublishNotConfirmed('the broker refused (nacked) the message')
+            PublishNacked('the broker refused (nacked) the message')
         tag = method.delivery_tag
         if method.multiple:
             tags = [t for t in self._unconfirmed if t <= tag]

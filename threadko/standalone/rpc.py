@@ -31,7 +31,8 @@ from threadko.constants import (
 from threadko.exceptions import RpcClientStopped
 from threadko.rpc import (
     RESTRICTED_PUBLISHER_OPTIONS, ClusterProxy, ReplyRegistry, RpcClient,
-    ServiceProxy, get_rpc_exchange, lost_replies_error, reply_queue,
+    ServiceProxy, declare_reply_queue_anew, get_rpc_exchange,
+    lost_replies_error, reply_queue,
 )
 from threadko.standalone import client_config
 from threadko.utils import fork
@@ -229,12 +230,26 @@ class _ClientBase:
     # -- reply consumer thread --------------------------------------------
 
     def _on_connect(self, connection, channel):
-        if self._connected_before and len(self._registry):
-            channel = self._check_reply_queue(connection, channel)
-        self._connected_before = True
-        self._queue.declare(channel)
+        if not self._connected_before:
+            self._queue.declare(channel)
+            self._connected_before = True
+        else:
+            if len(self._registry):
+                channel = self._check_reply_queue(connection, channel)
+            queue = declare_reply_queue_anew(
+                channel, self._queue, self._renew_reply_queue,
+                self._registry)
+            if queue is not self._queue:
+                self._queue = queue
+                channel = connection.channel()  # the refusal closed it
         basic_consume(channel, self._queue.name, self._on_reply,
                       auto_ack=True)
+
+    def _renew_reply_queue(self):
+        reply_key = str(uuid.uuid4())
+        self._client.reply_to = reply_key
+        return reply_queue(get_rpc_exchange(self.config),
+                           STANDALONE_SERVICE_NAME, reply_key)
 
     def _check_reply_queue(self, connection, channel):
         # replies published while the queue was gone are lost: fail the
