@@ -66,18 +66,15 @@ def get_rpc_exchange(config):
 
 
 def reply_queue(exchange, owner_name, reply_key):
-    """The reply queue ``rpc.reply-<owner>-<key>`` bound with ``<key>``.
-
-    Not durable (Nameko's is): in a cluster, a durable classic queue whose
-    node is down can be neither used nor declared again until the node is
-    back, while a transient one is deleted with its node, so the owner,
-    reconnected to another node, declares it anew there (the calls that
-    were waiting fail as lost). Only its owner declares it, so Nameko peers
-    see no difference.
-    """
+    """The reply queue ``rpc.reply-<owner>-<key>`` bound with ``<key>``:
+    durable, as Nameko's, so that replies published while its owner
+    reconnects to a restarting broker wait for it. In a cluster, a classic
+    queue whose node is down (or stopping) can be neither used nor
+    declared again until the node is back: its owner then takes a new one
+    (see :func:`declare_reply_queue_anew`)."""
     return Queue(
         'rpc.reply-{}-{}'.format(owner_name, reply_key),
-        exchange=exchange, routing_key=reply_key, durable=False,
+        exchange=exchange, routing_key=reply_key,
         queue_arguments={'x-expires': RPC_REPLY_QUEUE_TTL})
 
 
@@ -98,11 +95,11 @@ def reply_queue_lost(connection, queue_name):
 
 def declare_reply_queue_anew(channel, queue, renew, registry):
     """Declare ``queue`` on ``channel`` again after a reconnect; if the
-    broker answers 404, the name is still registered on a node that is
-    going down ("process is stopped by supervisor") and cannot be used
-    until that node is gone: declare ``renew()`` (a queue with a new name)
-    on a channel of its own instead, fail the calls waiting for replies on
-    the old one, and return the new queue."""
+    broker answers 404, the queue lives on a node that is down or stopping
+    ("home node ... is down", "process is stopped by supervisor") and
+    cannot be used until that node is back: declare ``renew()`` (a queue
+    with a new name) on a channel of its own instead, fail the calls
+    waiting for replies on the old one, and return the new queue."""
     try:
         queue.declare(channel)
         return queue

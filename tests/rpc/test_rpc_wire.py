@@ -77,9 +77,7 @@ def test_reply_queue_of_a_calling_service(
                     if q['name'].startswith('rpc.reply-caller-')]
     assert len(reply_queues) == 1
     queue = reply_queues[0]
-    # Nameko's is durable; threadko's is transient, so that it goes with a
-    # lost cluster node (only its owner declares it: no peer can tell)
-    assert queue['durable'] is False
+    assert queue['durable'] is True
     assert queue['exclusive'] is False
     assert queue['auto_delete'] is False
     assert queue['arguments'] == {'x-expires': 300000}
