@@ -2,6 +2,7 @@
 that started it has torn down (containers stopped or killed, blocked workers
 released)."""
 
+import logging
 import signal
 import threading
 import time
@@ -37,6 +38,21 @@ def no_leaked_threadko_threads():
         thread.join(max(0.0, deadline - time.monotonic()))
     alive = sorted(t.name for t in leaked if t.is_alive())
     assert not alive, 'threads left running after the test: {}'.format(alive)
+
+
+@pytest.fixture
+def log_collector():
+    """A :class:`support.LogCollector` of every ``threadko`` log record
+    (at DEBUG too) during the test."""
+    from support import LogCollector
+    collector = LogCollector()
+    logger = logging.getLogger('threadko')
+    level = logger.level
+    logger.addHandler(collector)
+    logger.setLevel(logging.DEBUG)
+    yield collector
+    logger.removeHandler(collector)
+    logger.setLevel(level)
 
 
 @pytest.fixture

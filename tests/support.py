@@ -454,6 +454,34 @@ class LogWatcher(logging.Handler):
         self.logger.removeHandler(self)
 
 
+class LogCollector(logging.Handler):
+    """Collects every record of a logger; :meth:`wait_for` blocks until
+    ``count`` of them contain a text (the ``log_collector`` fixture)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+        self._cond = threading.Condition()
+
+    def emit(self, record):
+        with self._cond:
+            self.records.append(record)
+            self._cond.notify_all()
+
+    def matching(self, text, level=logging.DEBUG):
+        return [record for record in self.records
+                if text in record.getMessage() and record.levelno >= level]
+
+    def wait_for(self, text, count=1, level=logging.DEBUG,
+                 timeout=BROKER_WAIT):
+        with self._cond:
+            assert self._cond.wait_for(
+                lambda: len(self.matching(text, level)) >= count, timeout), (
+                'no {!r} logged; got {}'.format(
+                    text, [record.getMessage() for record in self.records]))
+            return self.matching(text, level)
+
+
 # -- packages installed for a test, kept between runs -------------------------
 
 CACHE = os.path.join(

@@ -5,7 +5,6 @@ while not stopped, and consumes again once the declaration is allowed."""
 
 import logging
 import subprocess
-import threading
 
 import pika
 import pika.exceptions
@@ -21,45 +20,6 @@ pytestmark = pytest.mark.rabbit
 WAIT = 15
 QUICK_RETRIES = {'interval_start': 0.2, 'interval_step': 0.2,
                  'interval_max': 0.5}
-
-
-class LogWatcher(logging.Handler):
-    """Collects the records of a logger; :meth:`wait_for` blocks until
-    ``count`` of them contain a text."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records = []
-        self._cond = threading.Condition()
-
-    def emit(self, record):
-        with self._cond:
-            self.records.append(record)
-            self._cond.notify_all()
-
-    def matching(self, text, level=logging.DEBUG):
-        return [record for record in self.records
-                if text in record.getMessage() and record.levelno >= level]
-
-    def wait_for(self, text, count=1, level=logging.DEBUG, timeout=WAIT):
-        with self._cond:
-            assert self._cond.wait_for(
-                lambda: len(self.matching(text, level)) >= count, timeout), (
-                'no {!r} logged; got {}'.format(
-                    text, [record.getMessage() for record in self.records]))
-            return self.matching(text, level)
-
-
-@pytest.fixture
-def log_watcher():
-    watcher = LogWatcher()
-    logger = logging.getLogger('threadko')
-    level = logger.level
-    logger.addHandler(watcher)
-    logger.setLevel(logging.DEBUG)
-    yield watcher
-    logger.removeHandler(watcher)
-    logger.setLevel(level)
 
 
 def close_all_connections(vhost):
@@ -92,7 +52,7 @@ def consumer_count(amqp_uri, queue):
 
 @pytest.mark.timeout(90)
 def test_service_keeps_retrying_a_queue_refused_on_reconnect(
-        rabbit_config, rabbit_manager, log_watcher):
+        rabbit_config, rabbit_manager, log_collector):
     vhost, user = rabbit_config['vhost'], rabbit_config['username']
     config = {'AMQP_URI': rabbit_config['AMQP_URI'],
               'TRANSPORT_OPTIONS': QUICK_RETRIES}
@@ -104,7 +64,7 @@ def test_service_keeps_retrying_a_queue_refused_on_reconnect(
             vhost, user, configure='^nameko-rpc$')
         close_all_connections(vhost)
 
-        refused = log_watcher.wait_for(
+        refused = log_collector.wait_for(
             "access to queue 'rpc-refusal_doubler'", count=2,
             level=logging.ERROR)
         assert 'etrying in' in refused[0].getMessage()
@@ -119,7 +79,7 @@ def test_service_keeps_retrying_a_queue_refused_on_reconnect(
 
 @pytest.mark.timeout(90)
 def test_rpc_client_keeps_retrying_a_declaration_refused_on_reconnect(
-        rabbit_config, rabbit_manager, log_watcher):
+        rabbit_config, rabbit_manager, log_collector):
     vhost, user = rabbit_config['vhost'], rabbit_config['username']
     uri = rabbit_config['AMQP_URI']
     config = {'AMQP_URI': uri, 'TRANSPORT_OPTIONS': QUICK_RETRIES}
@@ -137,7 +97,7 @@ def test_rpc_client_keeps_retrying_a_declaration_refused_on_reconnect(
                 vhost, user, configure='^(nameko-rpc|rpc-refusal_doubler)$')
             close_all_connections(vhost)
 
-            refused = log_watcher.wait_for(
+            refused = log_collector.wait_for(
                 "lacks the configure permission on queue '{}'".format(
                     reply_queue), count=2, level=logging.ERROR)
             message = refused[0].getMessage()

@@ -224,39 +224,6 @@ def threadko_threads():
                   if t.name.startswith('threadko-'))
 
 
-class LogRecords(logging.Handler):
-    """Records of the ``threadko`` logger, with a wait for one."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records = []
-        self.cond = threading.Condition()
-
-    def emit(self, record):
-        with self.cond:
-            self.records.append(record)
-            self.cond.notify_all()
-
-    def wait_for(self, text, timeout=WAIT):
-        with self.cond:
-            assert self.cond.wait_for(lambda: any(
-                text in r.getMessage() for r in self.records), timeout), (
-                'never logged {!r}'.format(text))
-            return next(r for r in self.records if text in r.getMessage())
-
-
-@pytest.fixture
-def logged():
-    handler = LogRecords()
-    logger = logging.getLogger('threadko')
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 # -- broken handshakes --------------------------------------------------------
 
 def test_a_handshake_without_a_key_is_400_saying_why(serve, clients):
@@ -293,7 +260,7 @@ def test_an_upgrade_for_another_path_is_not_a_websocket(serve, clients):
 # -- messages -----------------------------------------------------------------
 
 def test_a_message_over_the_size_limit_closes_with_1009(
-        serve, clients, raw, logged):
+        serve, clients, raw, log_collector):
     container = serve(WEBSOCKET_MAX_MESSAGE_SIZE=1000)
     ws = clients(container.port)
     # up to the limit is fine
@@ -311,8 +278,8 @@ def test_a_message_over_the_size_limit_closes_with_1009(
     close = client.next_event(CloseConnection)
     assert close.code == 1009
     client.wait_closed()
-    assert 'WEBSOCKET_MAX_MESSAGE_SIZE' in logged.wait_for(
-        'a message over 1000 bytes').getMessage()
+    assert 'WEBSOCKET_MAX_MESSAGE_SIZE' in log_collector.wait_for(
+        'a message over 1000 bytes')[0].getMessage()
     # in fragments that are each small
     fragmented = raw(container.port)
     for _ in range(11):
@@ -338,7 +305,7 @@ def test_binary_frames_are_parsed_as_json_too(serve, clients):
 
 
 def test_invalid_utf8_in_a_text_frame_closes_with_1007(
-        serve, clients, raw, logged):
+        serve, clients, raw, log_collector):
     container = serve()
     client = raw(container.port)
     # wsproto makes a binary frame of these bytes; its first byte (FIN +
@@ -349,14 +316,14 @@ def test_invalid_utf8_in_a_text_frame_closes_with_1007(
     client.sock.sendall(bytes(frame))
     close = client.next_event(CloseConnection)
     assert close.code == 1007
-    logged.wait_for('(1007)')
+    log_collector.wait_for('(1007)')
     still_serves(container.port, clients)
 
 
 # -- a client that does not read ----------------------------------------------
 
 def test_a_client_that_never_reads_is_closed_while_the_others_keep_up(
-        serve, clients, raw, logged):
+        serve, clients, raw, log_collector):
     count, size = 3000, 1000  # 3 MB per client; the stalled one's buffer
     limit = 64 * 1024          # fills after some of it
     container = serve(WEBSOCKET_MAX_SEND_BUFFER=limit, max_workers=4)
@@ -376,7 +343,7 @@ def test_a_client_that_never_reads_is_closed_while_the_others_keep_up(
     elapsed = time.monotonic() - started
     assert elapsed < WAIT
 
-    record = logged.wait_for('its client does not read')
+    record = log_collector.wait_for('its client does not read')[0]
     assert record.levelno == logging.WARNING
     assert 'WEBSOCKET_MAX_SEND_BUFFER' in record.getMessage()
     server = server_of(container)
@@ -390,7 +357,7 @@ def test_a_client_that_never_reads_is_closed_while_the_others_keep_up(
 
 
 def test_without_a_send_buffer_limit_a_stalled_client_stalls_nothing_else(
-        serve, clients, raw, logged):
+        serve, clients, raw, log_collector):
     # WEBSOCKET_MAX_SEND_BUFFER: null still closes a client past waitress's
     # own output limit (outbuf_high_watermark, 16 MiB), rather than block
     # the broadcasting worker, and with it the I/O thread
@@ -406,7 +373,7 @@ def test_without_a_send_buffer_limit_a_stalled_client_stalls_nothing_else(
     ticks = reader.get_event_queue('tick')
     assert [ticks.get(timeout=WAIT)[1]['seq'] for _ in range(count)] == \
         list(range(count))
-    logged.wait_for('its client does not read')
+    log_collector.wait_for('its client does not read')
     still_serves(container.port, clients)
 
 
@@ -440,7 +407,7 @@ def test_a_stop_does_not_wait_long_for_a_client_that_does_not_read(
 
 
 def test_idle_timeout_closes_a_client_that_does_not_read_either(
-        serve, clients, raw, monkeypatch, logged):
+        serve, clients, raw, monkeypatch, log_collector):
     monkeypatch.setattr(websocket_connection, 'CLOSE_TIMEOUT', 0.5)
     container = serve(WEBSOCKET_MAX_SEND_BUFFER=12 * 1024 * 1024,
                       WEBSOCKET_PING_INTERVAL=0.2, WEBSOCKET_IDLE_TIMEOUT=1.5)
@@ -453,7 +420,7 @@ def test_idle_timeout_closes_a_client_that_does_not_read_either(
     stalled_socket = next(info.socket for info in server.sockets.values()
                           if info.socket._channel.total_outbufs_len)
     # its ping, then its close frame, wait behind what it did not read
-    logged.wait_for('nothing heard')
+    log_collector.wait_for('nothing heard')
     eventually(lambda: stalled_socket._lost,
                what='the stalled socket dropped after closing')
     assert list(server.sockets) == [socket_id_of(helper)]
@@ -466,7 +433,7 @@ def test_idle_timeout_closes_a_client_that_does_not_read_either(
 # -- ping and idle ------------------------------------------------------------
 
 def test_quiet_clients_are_pinged_and_those_that_do_not_answer_closed(
-        serve, clients, raw, logged):
+        serve, clients, raw, log_collector):
     container = serve(WEBSOCKET_PING_INTERVAL=0.2, WEBSOCKET_IDLE_TIMEOUT=1.5)
     answering = raw(container.port)
     silent = raw(container.port)
@@ -500,8 +467,8 @@ def test_quiet_clients_are_pinged_and_those_that_do_not_answer_closed(
     assert (closes[silent].code, closes[silent].reason) == (1001, 'idle')
     assert time.monotonic() - started >= 1.5
     assert pings[silent] == 1  # pinged once, then closed
-    assert 'WEBSOCKET_IDLE_TIMEOUT' in logged.wait_for(
-        'nothing heard').getMessage()
+    assert 'WEBSOCKET_IDLE_TIMEOUT' in log_collector.wait_for(
+        'nothing heard')[0].getMessage()
 
     # the answering one was pinged more than once, and stays
     assert answering not in closes

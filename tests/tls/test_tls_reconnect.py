@@ -4,7 +4,6 @@ trying with back-off, logging an error that names the cause, and consumes
 again once the broker lets it."""
 
 import logging
-import threading
 import uuid
 
 import pytest
@@ -16,45 +15,6 @@ from threadko.standalone.rpc import ClusterRpcProxy
 WAIT = 15
 QUICK_RETRIES = {'interval_start': 0.2, 'interval_step': 0.2,
                  'interval_max': 0.5}
-
-
-class LogWatcher(logging.Handler):
-    """Collects the records of a logger; :meth:`wait_for` blocks until
-    ``count`` of them contain a text."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records = []
-        self._cond = threading.Condition()
-
-    def emit(self, record):
-        with self._cond:
-            self.records.append(record)
-            self._cond.notify_all()
-
-    def matching(self, text, level=logging.DEBUG):
-        return [record for record in self.records
-                if text in record.getMessage() and record.levelno >= level]
-
-    def wait_for(self, text, count=1, level=logging.DEBUG, timeout=WAIT):
-        with self._cond:
-            assert self._cond.wait_for(
-                lambda: len(self.matching(text, level)) >= count, timeout), (
-                'no {!r} logged; got {}'.format(
-                    text, [record.getMessage() for record in self.records]))
-            return self.matching(text, level)
-
-
-@pytest.fixture
-def log_watcher():
-    watcher = LogWatcher()
-    logger = logging.getLogger('threadko')
-    level = logger.level
-    logger.addHandler(watcher)
-    logger.setLevel(logging.DEBUG)
-    yield watcher
-    logger.removeHandler(watcher)
-    logger.setLevel(level)
 
 
 @pytest.fixture
@@ -73,7 +33,7 @@ def tls_user(tls_broker):
 
 @pytest.mark.timeout(90)
 def test_refused_reconnection_is_retried_and_logged_until_fixed(
-        tls_config, tls_broker, tls_user, log_watcher, unique_name):
+        tls_config, tls_broker, tls_user, log_collector, unique_name):
     user, password = tls_user
     config = dict(tls_config, TRANSPORT_OPTIONS=QUICK_RETRIES,
                   AMQP_URI=tls_broker.uri(credentials='{}:{}'.format(
@@ -93,7 +53,7 @@ def test_refused_reconnection_is_retried_and_logged_until_fixed(
         tls_broker.ctl('close_all_connections', '--vhost', '/',
                        'closed by threadko test')
 
-        refused = log_watcher.wait_for(
+        refused = log_collector.wait_for(
             "refused user '{}' access to vhost '/'".format(user), count=2,
             level=logging.ERROR)
         assert 'Cannot reconnect service {}'.format(unique_name) in (
@@ -107,4 +67,4 @@ def test_refused_reconnection_is_retried_and_logged_until_fixed(
     finally:
         container.stop()
     # the retries backed off: a few lines, not a storm
-    assert len(log_watcher.matching('Cannot reconnect')) < 40
+    assert len(log_collector.matching('Cannot reconnect')) < 40
