@@ -124,16 +124,5 @@ def test_publishing_without_write_permission_is_explained(
     assert ("user '{}' lacks the write permission on exchange "
             "'perm_ledger.events'".format(config['user'])) in hint
     assert 'to publish to it' in hint
-
-
-def test_publish_refusal_names_the_write_permission(
-        restricted_user, rabbit_config):
-    _declare_exchange(rabbit_config, 'perm_ledger.events')
-    config = restricted_user(write='^$')
-    dispatch = event_dispatcher(config)
-    try:
-        with pytest.raises(BrokerRefused) as raised:
-            dispatch('perm_ledger', 'booked', {'amount': 1})
-    finally:
-        dispatch.close()
+    # and the error itself says so
     assert 'lacks the write permission on exchange' in str(raised.value)

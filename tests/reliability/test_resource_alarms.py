@@ -173,6 +173,20 @@ def run_in_thread(function):
     return outcome
 
 
+def slow_service(started, gate):
+    """A service whose ``wait()`` sets ``started``, then answers once
+    ``gate`` is set."""
+    class Slow:
+        name = 'slow'
+
+        @rpc
+        def wait(self):
+            started.set()
+            assert gate.wait(WAIT * 2)
+            return 'done'
+    return Slow
+
+
 WORK = Queue('work')
 
 
@@ -258,15 +272,7 @@ def test_a_reply_published_during_an_alarm_arrives_once_it_clears(
         rabbit_config, containers, memory_alarm, caplog):
     config = dict(rabbit_config, PUBLISH_BLOCKED_TIMEOUT=BLOCKED_TIMEOUT)
     started, gate = threading.Event(), threading.Event()
-
-    class Slow:
-        name = 'slow'
-
-        @rpc
-        def wait(self):
-            started.set()
-            assert gate.wait(WAIT * 2)
-            return 'done'
+    Slow = slow_service(started, gate)
 
     containers(Slow, config).start()
     try:
@@ -348,15 +354,7 @@ def test_a_container_stops_during_an_alarm_without_waiting_for_it(
     config = dict(rabbit_config, PUBLISH_BLOCKED_TIMEOUT=BLOCKED_TIMEOUT,
                   THREAD_JOIN_TIMEOUT=join_timeout)
     started, gate = threading.Event(), threading.Event()
-
-    class Slow:
-        name = 'slow'
-
-        @rpc
-        def wait(self):
-            started.set()
-            assert gate.wait(WAIT * 2)
-            return 'done'
+    Slow = slow_service(started, gate)
 
     container = containers(Slow, config)
     container.start()
