@@ -90,6 +90,8 @@ INVALID = [
     ('QUEUE_TYPE', 'Quorum', "one of 'classic', 'quorum'"),
     ('QUEUE_TYPE', 'stream', 'null means classic'),
     ('QUEUE_DELIVERY_LIMIT', -1, '0 means no limit'),
+    ('HANDLER_RETRY', {'attempts': 0}, 'attempts'),
+    ('HANDLER_RETRY', {'tries': 3}, 'unknown: tries'),
     ('QUEUE_DELIVERY_LIMIT', '3', 'a whole number of 0 or more'),
     ('QUEUE_DELIVERY_LIMIT', True, 'a whole number of 0 or more'),
     ('PUBLISH_BLOCKED_TIMEOUT', 0, 'seconds above 0'),
@@ -186,6 +188,7 @@ VALID = [
     ('QUEUE_TYPE', 'quorum'),
     ('QUEUE_TYPE', None),  # classic
     ('QUEUE_DELIVERY_LIMIT', 3),
+    ('HANDLER_RETRY', {'attempts': 5, 'delay': 2, 'jitter': 0.1}),
     ('QUEUE_DELIVERY_LIMIT', 0),  # no limit
     ('QUEUE_DELIVERY_LIMIT', None),  # no limit
     ('PUBLISH_BLOCKED_TIMEOUT', 30),

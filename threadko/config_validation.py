@@ -32,7 +32,8 @@ from collections.abc import Mapping
 
 from threadko.constants import (
     ACCEPT_CONFIG_KEY, AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY,
-    DEFAULT_WEBSOCKET_PING_INTERVAL, HEARTBEAT_CONFIG_KEY, LOGGING_CONFIG_KEY, LOGIN_METHOD_CONFIG_KEY,
+    DEFAULT_WEBSOCKET_PING_INTERVAL, HANDLER_RETRY_CONFIG_KEY,
+    HEARTBEAT_CONFIG_KEY, LOGGING_CONFIG_KEY, LOGIN_METHOD_CONFIG_KEY,
     MAX_WORKERS_CONFIG_KEY, PARENT_CALLS_CONFIG_KEY,
     PUBLISH_BLOCKED_TIMEOUT_CONFIG_KEY, RPC_TIMEOUT_CONFIG_KEY,
     QUEUE_DELIVERY_LIMIT_CONFIG_KEY, QUEUE_TYPE_CONFIG_KEY,
@@ -464,6 +465,17 @@ CHECKS = {
         seconds(above_zero=True), 'waits as long as the alarm lasts'),
     RPC_TIMEOUT_CONFIG_KEY: optional(
         seconds(above_zero=True), 'waits forever'),
+    # threadko.retry.Retry's arguments (``on`` is code, not config)
+    HANDLER_RETRY_CONFIG_KEY: optional(mapping(
+        'a mapping of retry settings: attempts, delay, multiplier, '
+        'max_delay, jitter, retry_expected', fields={
+            'attempts': whole_number(1),
+            'delay': seconds(),
+            'multiplier': seconds(),
+            'max_delay': seconds(),
+            'jitter': seconds(),
+            'retry_expected': boolean,
+        }, closed=True), 'means no retries'),
     WEB_SERVER_CONFIG_KEY: _web_server_address,
     'WEB_SERVER_MAX_REQUEST_BODY_SIZE': optional(
         whole_number(0), 'means no limit'),

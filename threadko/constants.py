@@ -27,6 +27,9 @@ SHUTDOWN_GRACE_PERIOD_CONFIG_KEY = 'SHUTDOWN_GRACE_PERIOD'
 # threadko-only: how long `threadko run` waits for its services to start
 # before it gives up (exit status 1); unset: as long as it takes
 START_TIMEOUT_CONFIG_KEY = 'START_TIMEOUT'
+# threadko-only: the retry policy of @event_handler and @consume handlers
+# that do not pass retry= (a mapping of threadko.retry.Retry arguments)
+HANDLER_RETRY_CONFIG_KEY = 'HANDLER_RETRY'
 # threadko-only: 'classic' (Nameko 2's queues: no x-queue-type argument) or
 # 'quorum': the type of the durable queues the instances of a service share
 # (RPC service queues, reliable SERVICE_POOL and SINGLETON event handler

@@ -102,6 +102,8 @@ class WorkerContext:
     _call_id = None
     _call_id_stack = None
     _parent_call_id_stack = None
+    #: which attempt at the work this is (entrypoints that retry set it)
+    attempt = 1
 
     def __init__(self, container, service, entrypoint, args=None,
                  kwargs=None, data=None):
@@ -627,7 +629,7 @@ class ServiceContainer:
     # -- workers ---------------------------------------------------------
 
     def spawn_worker(self, entrypoint, args, kwargs, context_data=None,
-                     handle_result=None):
+                     handle_result=None, attempt=None):
         """Run the service method behind ``entrypoint`` on a worker thread.
 
         Blocks while ``max_workers`` workers are busy, then returns the
@@ -642,11 +644,15 @@ class ServiceContainer:
             run on the worker thread after the method; it must return
             ``(result, exc_info)``, which dependencies' ``worker_result``
             then receive. Entrypoints send replies and acks here.
+        :param attempt: which attempt at the work this is, for entrypoints
+            that retry (``worker_ctx.attempt``; 1 when not given)
         :raises ContainerBeingKilled: the container is stopping, being
             killed or has stopped; react as if the work had never arrived
             (requeue a message, say).
         """
         worker_ctx = self._new_worker(entrypoint, args, kwargs, context_data)
+        if attempt is not None:
+            worker_ctx.attempt = attempt
         _log.debug('spawning %s', worker_ctx)
         try:
             # a fresh contextvars context per worker: nothing set by one

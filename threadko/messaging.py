@@ -4,7 +4,9 @@
 :class:`~threadko.amqp.entities.Queue` you declare), with the decoded body
 as its single argument and the message headers as context data. The message
 is acked when the worker is done, or requeued if it failed and
-``requeue_on_error`` is set.
+``requeue_on_error`` is set; with ``retry=`` it is retried after a delay,
+on the broker, and dead-lettered after its last attempt (see
+:mod:`threadko.retry`).
 
 ``Publisher(exchange=...)`` injects ``publish(msg, **options)``, which
 returns once the broker has confirmed the message. The calling worker's
@@ -16,8 +18,11 @@ exchanges can be shared with Nameko services on the same broker.
 """
 
 import logging
+import time
 import warnings
 from functools import partial
+
+import pika
 
 from threadko.amqp.consumer import QueueConsumer
 from threadko.amqp.entities import Exchange, Queue, binding
@@ -27,6 +32,7 @@ from threadko.amqp.publish import SharedProducerPool
 from threadko.constants import CALL_ID_STACK_CONTEXT_KEY, HEADER_PREFIX
 from threadko.exceptions import ContainerBeingKilled
 from threadko.extensions import DependencyProvider, Entrypoint
+from threadko import retry as retries
 
 __all__ = [
     'Publisher', 'Consumer', 'consume', 'QueueConsumer', 'Exchange',
@@ -161,24 +167,35 @@ class Consumer(Entrypoint, HeaderDecoder):
         of acking it (it is redelivered at once, maybe to this instance)
     :param prefetch_count: how many unacked messages the broker may send
         ahead (Nameko 3's option); default: the container's ``max_workers``
+    :param retry: a :class:`~threadko.retry.Retry` policy (``True``: the
+        defaults; ``False``: none; unset: the ``HANDLER_RETRY`` config
+        key's): a failed message is retried after a delay and, after its
+        last attempt, goes to the queue's dead-letter queue
+        (:mod:`threadko.retry`)
 
     A message that cannot be decoded (bad body, content type not in
     ``ACCEPT``) is rejected without requeue, so it goes to the queue's
-    dead-letter exchange if it has one, and an error is logged.
+    dead-letter exchange if it has one, and an error is logged; with
+    ``retry`` it goes to the dead-letter queue.
     """
 
     queue_consumer = QueueConsumer()
+    producers = SharedProducerPool()
 
     def __init__(self, queue, requeue_on_error=False, prefetch_count=None,
-                 **kwargs):
+                 retry=None, **kwargs):
         if queue is not None:  # None: a subclass makes it in setup()
             _check_entity(queue, (Queue,), 'queue')
         self.queue = queue
         self.requeue_on_error = requeue_on_error
         self.prefetch_count = prefetch_count
+        self.retry = retry
+        self.retry_policy = None
         super().__init__(**kwargs)
 
     def setup(self):
+        self.retry_policy = retries.Retry.from_option(
+            self.retry, self.container.config)
         self.queue_consumer.register_provider(self)
 
     def stop(self):
@@ -190,12 +207,25 @@ class Consumer(Entrypoint, HeaderDecoder):
     def handle_message(self, body, message):
         context_data = self.unpack_message_headers(message)
         handle_result = partial(self.handle_result, message)
+        attempt = (retries.attempt_of(message) + 1
+                   if self.retry_policy is not None else None)
         try:
             self.container.spawn_worker(
                 self, (body,), {}, context_data=context_data,
-                handle_result=handle_result)
+                handle_result=handle_result, attempt=attempt)
         except ContainerBeingKilled:
             message.requeue()
+
+    def handle_undecodable(self, message, exc):
+        """A message that cannot be decoded: to the dead-letter queue with
+        retries on, else rejected (to the queue's dead-letter exchange, if
+        any)."""
+        _log.error('Cannot decode %s for %s: %s', message, self, exc)
+        if self.retry_policy is not None:
+            self._republish(message, retries.dead_letter_queue(
+                self.queue.name), retries.retry_headers(message, 1, exc))
+        else:
+            message.discard()
 
     def handle_result(self, message, worker_ctx, result, exc_info):
         self.handle_message_processed(message, result, exc_info)
@@ -204,10 +234,56 @@ class Consumer(Entrypoint, HeaderDecoder):
     def handle_message_processed(self, message, result=None, exc_info=None):
         """Settle ``message`` once its worker is done: ack, or requeue on
         error when ``requeue_on_error`` is set."""
+        if exc_info is not None and self._retried(message, exc_info[1]):
+            return
         if exc_info is not None and self.requeue_on_error:
             message.requeue()
         else:
             message.ack()
+
+    def _retried(self, message, exc):
+        """Send ``message`` for a retry, or to the dead-letter queue after
+        its last attempt, if the policy retries ``exc``; whether it did."""
+        policy = self.retry_policy
+        if policy is None or not policy.retries(
+                exc, self.expected_exceptions):
+            return False
+        attempt = retries.attempt_of(message) + 1
+        headers = retries.retry_headers(message, attempt, exc)
+        if attempt < policy.attempts:
+            queue = retries.wait_queue(self.queue.name, retries.wait_ms(
+                policy.delay_before(attempt, exc)))
+        else:
+            queue = retries.dead_letter_queue(self.queue.name)
+            _log.error('%s failed %s time(s); dead-lettered to %s',
+                       message, attempt, queue.name)
+        self._republish(message, queue, headers)
+        return True
+
+    def _republish(self, message, queue, headers):
+        # confirmed before the original is acked: never lost between the
+        # two (if the ack is lost, the message is handled once more)
+        original = message.properties
+        properties = pika.BasicProperties(
+            content_type=original.content_type,
+            content_encoding=original.content_encoding,
+            headers=headers, delivery_mode=original.delivery_mode or 2,
+            priority=original.priority,
+            correlation_id=original.correlation_id,
+            reply_to=original.reply_to, message_id=original.message_id,
+            timestamp=original.timestamp or int(time.time()),
+            type=original.type,
+            app_id=original.app_id)
+        try:
+            self.producers.pool.publish(
+                message.body, '', queue.name, properties=properties,
+                declare=[queue])
+        except Exception:
+            _log.exception('Could not send %s to %s; requeueing it',
+                           message, queue.name)
+            message.requeue()
+            return
+        message.ack()
 
 
 consume = Consumer.decorator
