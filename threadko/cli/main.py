@@ -11,6 +11,7 @@ import click
 
 import threadko
 from threadko.cli.check_migration import check_migration
+from threadko.cli.dead_letters import dead_letters
 from threadko.cli.run import run
 from threadko.cli.shell import shell
 from threadko.cli.show_config import show_config
@@ -37,4 +38,5 @@ main.add_command(run)
 main.add_command(show_config)
 main.add_command(shell)
 main.add_command(check_migration)
+main.add_command(dead_letters)
 
