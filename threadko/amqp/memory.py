@@ -21,7 +21,11 @@ Threads
     inbox; the callback runs in whichever thread calls
     :meth:`MemoryConnection.process_data_events` (or ``sleep``).
     :meth:`MemoryConnection.add_callback_threadsafe` is the only method other
-    threads may call.
+    threads may call. Besides, each broker has a thread of its own, a
+    daemon named ``memory-broker-ttl``, while any queue's head message has
+    a TTL: it expires messages on time (see below), and ends when there is
+    nothing left to expire or the vhost is deleted (:func:`delete_vhost`
+    joins it).
 
 Processes
     The broker lives inside one process. In a process forked from it
@@ -35,7 +39,13 @@ Supported
     ``all``/``any``/``all-with-x``/``any-with-x``), the default exchange and
     the ``amq.*`` exchanges; exclusive, auto-delete and server-named queues;
     ``x-expires``, ``x-message-ttl`` and per-message ``expiration``;
-    ``basic_qos`` prefetch (per consumer, or per channel with
+    dead-lettering (``x-dead-letter-exchange``, ``x-dead-letter-routing-key``)
+    of expired, rejected (nack/reject without requeue) and ``maxlen``
+    messages, with RabbitMQ 3.10's ``x-death`` and ``x-first-death-*``
+    headers, ``expiration`` moved to ``original-expiration``, a missing
+    dead-letter exchange dropping the message, and cycles without a
+    rejection dropped; ``x-max-length`` with the default ``drop-head``
+    overflow; ``basic_qos`` prefetch (per consumer, or per channel with
     ``global_qos=True`` as RabbitMQ does); manual and automatic acks,
     nack/reject with or without requeue, ``basic_get``; publisher confirms
     (mandatory + unroutable raises ``UnroutableError``); broker-cancelled
@@ -46,15 +56,24 @@ Accepted and ignored
     ``durable`` (nothing survives the process; the flag only takes part in
     equivalence checks), ``prefetch_size``, consumer ``arguments``, message
     ``priority``, and queue/exchange arguments such as ``x-max-priority``,
-    ``x-dead-letter-*``, ``x-max-length``, ``x-queue-type``,
-    ``x-delivery-limit`` and ``alternate-exchange`` (no dead-lettering, no
-    length or delivery limits).
+    ``x-max-length-bytes``, ``x-overflow`` other than ``drop-head`` (the
+    queue then has no length limit), ``x-queue-type``, ``x-delivery-limit``
+    and ``alternate-exchange`` (no byte or delivery limits, no
+    ``reject-publish``, no alternate exchanges); ``CC``/``BCC`` headers (no
+    sender-selected distribution: ``routing-keys`` in ``x-death`` is just
+    the routing key).
 
 Differences from pika + RabbitMQ
-    - Time-based expiry is checked lazily: unused ``x-expires`` queues are
-      deleted at the next broker operation, and expired messages are dropped
-      when they reach the head of their queue (as RabbitMQ does for
-      per-message TTL).
+    - Messages expire on time only at the head of their queue (as RabbitMQ
+      does for per-message TTL; with a queue TTL the head expires first
+      anyway): the expiry thread wakes up at the head's deadline and
+      dead-letters or drops it. Unused ``x-expires`` queues are deleted
+      lazily, at the next broker operation (the expiry thread's rounds
+      included). Once the vhost is deleted, a :class:`Broker` object still
+      in use expires messages lazily only.
+    - Dead-lettering is immediate and synchronous (RabbitMQ's is
+      asynchronous, at most once): a dead-lettered message is in its new
+      queue when the call that rejected it returns.
     - Errors surface in the call that caused them, also for ``basic_publish``
       without confirms (pika reports a closed channel at the next call).
     - Once the broker closed a connection, every later use of it or its
@@ -73,6 +92,7 @@ Differences from pika + RabbitMQ
 import collections
 import contextlib
 import dataclasses
+import datetime
 import enum
 import functools
 import itertools
@@ -85,7 +105,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import pika
 from pika import spec, validators
 from pika.adapters.blocking_connection import ReturnedMessage
-from pika.compat import as_bytes
+from pika.compat import as_bytes, long
 from pika.exceptions import (
     ChannelClosedByBroker, ChannelClosedByClient, ChannelWrongStateError,
     ConnectionClosedByBroker, ConnectionClosedByClient,
@@ -338,18 +358,33 @@ class _Consumer:
 
 class Queue:
     """A queue: ready messages in order, and its consumers in round-robin
-    order (the next consumer to try is first)."""
+    order (the next consumer to try is first).
 
-    def __init__(self, name, durable, auto_delete, arguments, owner, now):
+    Messages it drops (expired, over ``x-max-length``) go to its broker's
+    :meth:`Broker._dead_letter`; a new head with a deadline is reported to
+    :meth:`Broker._schedule_expiry`.
+    """
+
+    def __init__(self, name, durable, auto_delete, arguments, owner, now,
+                 broker):
         self.name = name
         self.durable = durable
         self.auto_delete = auto_delete
         self.arguments = dict(arguments or {})
         self.owner = owner  # the MemoryConnection of an exclusive queue
+        self.broker = broker
         self.messages = collections.deque()
         self.consumers: List[_Consumer] = []
         self.message_ttl = self.arguments.get('x-message-ttl')
         self.expires = self.arguments.get('x-expires')
+        self.dead_letter_exchange = self.arguments.get(
+            'x-dead-letter-exchange')
+        self.dead_letter_routing_key = self.arguments.get(
+            'x-dead-letter-routing-key')
+        # only the default overflow behaviour, drop-head, is implemented
+        overflow = self.arguments.get('x-overflow', 'drop-head')
+        self.max_length = (self.arguments.get('x-max-length')
+                           if overflow == 'drop-head' else None)
         self.last_used = now
 
     @property
@@ -369,12 +404,32 @@ class Queue:
         self.messages.appendleft(
             dataclasses.replace(message, redelivered=True))
 
+    def next_expiry(self) -> Optional[float]:
+        """When the head message expires (only the head can), or None."""
+        return self.messages[0].expires_at if self.messages else None
+
     def drop_expired(self, now):
+        """Take the expired messages off the head and dead-letter them."""
         # expires_at == now still counts as live, so a message with TTL 0
         # reaches a consumer that is ready when it is published
+        expired = []
         while (self.messages and self.messages[0].expires_at is not None
                and self.messages[0].expires_at < now):
-            self.messages.popleft()
+            expired.append(self.messages.popleft())
+        if expired:
+            self.broker._dead_letter(self, expired, 'expired', now)
+            self.broker._schedule_expiry(self)
+
+    def drop_overflow(self, now):
+        """Drop messages from the head beyond ``x-max-length`` and
+        dead-letter them."""
+        dropped = []
+        while (self.max_length is not None
+               and len(self.messages) > self.max_length):
+            dropped.append(self.messages.popleft())
+        if dropped:
+            self.broker._dead_letter(self, dropped, 'maxlen', now)
+            self.broker._schedule_expiry(self)
 
     def pop(self, now) -> Optional[_Message]:
         self.drop_expired(now)
@@ -454,6 +509,66 @@ def _message_ttl(expiration):
     return ttl
 
 
+# -- dead letters -----------------------------------------------------------
+
+def _sorted_table(table):
+    # RabbitMQ sorts a field table by key whenever it sets a value in it
+    return dict(sorted(table.items()))
+
+
+def _dead_letter_properties(message, reason, queue_name, when):
+    """The properties of ``message`` dead-lettered from ``queue_name``, as
+    RabbitMQ 3.10 makes them: no ``expiration`` (it moves to the death's
+    ``original-expiration``), and the death recorded in ``x-death``.
+
+    ``x-death`` lists the deaths most recent first, one entry per queue
+    and reason: dying again the same way only counts up that entry's
+    ``count`` (its other fields keep their first values) and moves it to
+    the front. The first death also sets ``x-first-death-*``.
+    """
+    properties = message.properties()
+    headers = dict(properties.headers or {})
+    death = {'count': long(1), 'reason': reason, 'queue': queue_name,
+             'time': when, 'exchange': message.exchange,
+             'routing-keys': [message.routing_key]}
+    if properties.expiration is not None:
+        death['original-expiration'] = properties.expiration
+    if 'x-death' not in headers:
+        # the first entry keeps the field order above, as in RabbitMQ
+        deaths = [death]
+        headers['x-first-death-reason'] = reason
+        headers['x-first-death-queue'] = queue_name
+        headers['x-first-death-exchange'] = message.exchange
+    else:
+        deaths = headers['x-death']
+        deaths = list(deaths) if isinstance(deaths, list) else []
+        for index, old in enumerate(deaths):
+            if (isinstance(old, dict) and old.get('queue') == queue_name
+                    and old.get('reason') == reason):
+                count = old.get('count')
+                death = dict(old, count=long(
+                    count + 1 if isinstance(count, int)
+                    and not isinstance(count, bool) and count >= 0 else 1))
+                del deaths[index]
+                break
+        deaths.insert(0, _sorted_table(death))
+    headers['x-death'] = deaths
+    properties.headers = _sorted_table(headers)
+    properties.expiration = None
+    return properties
+
+
+def _is_death_cycle(queue_name, deaths):
+    """Whether dead-lettering to ``queue_name`` closes a cycle with no
+    rejection in it (RabbitMQ drops the message rather than loop)."""
+    for index, death in enumerate(deaths):
+        if isinstance(death, dict) and death.get('queue') == queue_name:
+            return all(isinstance(earlier, dict)
+                       and earlier.get('reason') != 'rejected'
+                       for earlier in deaths[:index + 1])
+    return False
+
+
 # -- the broker -------------------------------------------------------------
 
 class Broker:
@@ -463,12 +578,24 @@ class Broker:
     :meth:`close_all_connections`, its public methods are read-only views
     for tests. Everything else is driven by :class:`MemoryChannel`, under
     the broker lock.
+
+    Messages with a TTL expire on time, by the broker's expiry thread
+    (``memory-broker-ttl``, a daemon): it runs while a queue's head message
+    has a deadline, and :func:`delete_vhost` stops it.
     """
 
     def __init__(self, vhost='/'):
         self.vhost = vhost
         self._lock = threading.RLock()
+        self._deleted = False  # by delete_vhost: no more expiry thread
+        self._reset_expiry_timer()
         self._clear()
+
+    def _reset_expiry_timer(self):
+        # all guarded by the broker lock
+        self._expiry_cond = threading.Condition(self._lock)
+        self._expiry_timer: Optional[threading.Thread] = None
+        self._expiry_wake_at: Optional[float] = None  # its next deadline
 
     def _clear(self):
         self._exchanges: Dict[str, Exchange] = {
@@ -483,6 +610,7 @@ class Broker:
         may be held by a thread that stayed in the parent). The inherited
         connections are closed, without running anything of theirs."""
         self._lock = threading.RLock()
+        self._reset_expiry_timer()  # the thread stayed in the parent
         reason = ConnectionClosedByBroker(
             spec.CONNECTION_FORCED,
             'CONNECTION_FORCED - the process was forked; this connection '
@@ -516,6 +644,60 @@ class Broker:
                     connection,
                     ConnectionClosedByBroker(spec.CONNECTION_FORCED, reason),
                     now)
+
+    # timely expiry
+
+    def _schedule_expiry(self, queue):
+        """Make sure the expiry thread wakes up when the head of ``queue``
+        expires (called whenever a queue gets a new head)."""
+        deadline = queue.next_expiry()
+        if deadline is None or self._deleted:
+            return
+        if self._expiry_timer is None:
+            self._expiry_wake_at = deadline
+            self._expiry_timer = threading.Thread(
+                target=self._run_expiry_timer, name='memory-broker-ttl',
+                daemon=True)
+            self._expiry_timer.start()
+        elif self._expiry_wake_at is None or deadline < self._expiry_wake_at:
+            self._expiry_wake_at = deadline
+            self._expiry_cond.notify()
+
+    def _run_expiry_timer(self):
+        # the expiry thread: at each deadline, expire (dead-letter or drop)
+        # the expired head messages of every queue, as the next broker
+        # operation would; exits when no head message has a deadline
+        with self._lock:
+            try:
+                while not self._deleted:
+                    now = time.monotonic()
+                    self._delete_expired_queues(now)
+                    for queue in list(self._queues.values()):
+                        queue.drop_expired(now)
+                    deadlines = [queue.next_expiry()
+                                 for queue in self._queues.values()]
+                    deadlines = [deadline for deadline in deadlines
+                                 if deadline is not None]
+                    if not deadlines:
+                        break
+                    self._expiry_wake_at = min(deadlines)
+                    timeout = self._expiry_wake_at - time.monotonic()
+                    if timeout > 0:
+                        self._expiry_cond.wait(timeout)
+            finally:
+                # the next message with a TTL starts a new thread
+                self._expiry_timer = None
+                self._expiry_wake_at = None
+
+    def _stop_expiry_timer(self):
+        """Stop the expiry thread for good (the vhost is deleted) and wait
+        for it to end; expired messages are then only dropped lazily."""
+        with self._lock:
+            self._deleted = True
+            timer = self._expiry_timer
+            self._expiry_cond.notify_all()
+        if timer is not None and timer is not threading.current_thread():
+            timer.join()
 
     # read-only views for tests
 
@@ -743,8 +925,16 @@ class Broker:
         arguments = arguments or {}
         _check_ttl_argument(name, self.vhost, arguments, 'x-expires', 1)
         _check_ttl_argument(name, self.vhost, arguments, 'x-message-ttl', 0)
+        _check_ttl_argument(name, self.vhost, arguments, 'x-max-length', 0)
+        if ('x-dead-letter-routing-key' in arguments
+                and 'x-dead-letter-exchange' not in arguments):
+            raise _ChannelError(
+                spec.PRECONDITION_FAILED,
+                "invalid arg 'x-dead-letter-routing-key' for queue '{}' in "
+                "vhost '{}': routing_key_but_no_dlx_defined".format(
+                    name, self.vhost))
         queue = Queue(name, durable, auto_delete, arguments,
-                      connection if exclusive else None, now)
+                      connection if exclusive else None, now, self)
         self._queues[name] = queue
         return queue
 
@@ -795,17 +985,22 @@ class Broker:
                 "cannot publish to internal exchange '{}' in vhost '{}'"
                 .format(exchange_name, self.vhost))
         message_ttl = _message_ttl(properties.expiration)
-        if exchange.name == '':
-            names = [routing_key] if routing_key in self._queues else []
-        else:
-            names = exchange.route(routing_key, properties.headers)
+        names = self._route(exchange, routing_key, properties.headers)
         message = _Message(
             exchange_name, routing_key, body, encoded_properties)
         for name in names:
-            queue = self._queues[name]
-            queue.enqueue(message, message_ttl, now)
-            self._dispatch(queue, now)
+            self._enqueue(self._queues[name], message, message_ttl, now)
         return bool(names)
+
+    def _route(self, exchange, routing_key, headers) -> List[str]:
+        if exchange.name == '':
+            return [routing_key] if routing_key in self._queues else []
+        return exchange.route(routing_key, headers)
+
+    def _enqueue(self, queue, message, message_ttl, now):
+        queue.enqueue(message, message_ttl, now)
+        self._dispatch(queue, now)
+        queue.drop_overflow(now)
 
     def _dispatch(self, queue, now):
         """Hand ready messages to the queue's consumers, round-robin, while
@@ -813,8 +1008,9 @@ class Broker:
         while queue.message_count(now):
             consumer = queue.next_consumer()
             if consumer is None:
-                return
+                break
             consumer.channel._deliver(consumer, queue.messages.popleft())
+        self._schedule_expiry(queue)
 
     def _requeue(self, entries: List[_Unacked], now):
         """Put unacked messages back at the front of their queues, in their
@@ -825,7 +1021,44 @@ class Broker:
                 entry.queue.requeue(entry.message)
                 queues[entry.queue.name] = entry.queue
         for queue in queues.values():
+            # as RabbitMQ: over x-max-length, requeued messages go first
+            queue.drop_overflow(now)
             self._dispatch(queue, now)
+
+    def _reject(self, entries: List[_Unacked], now):
+        """Dead-letter rejected messages (nack/reject without requeue);
+        messages of deleted queues are dropped."""
+        for entry in entries:
+            if self._queues.get(entry.queue.name) is entry.queue:
+                self._dead_letter(entry.queue, [entry.message], 'rejected',
+                                  now)
+
+    def _dead_letter(self, queue, messages, reason, now):
+        """Republish messages ``queue`` dropped (``reason``: ``expired``,
+        ``rejected`` or ``maxlen``) to its ``x-dead-letter-exchange``, with
+        its ``x-dead-letter-routing-key`` or their own routing key. Without
+        a dead-letter exchange, or if it does not exist, they are gone."""
+        if queue.dead_letter_exchange is None:
+            return
+        exchange = self._exchanges.get(queue.dead_letter_exchange)
+        if exchange is None:
+            return
+        when = datetime.datetime.fromtimestamp(int(time.time()),
+                                               datetime.timezone.utc)
+        for message in messages:
+            routing_key = queue.dead_letter_routing_key
+            if routing_key is None:
+                routing_key = message.routing_key
+            properties = _dead_letter_properties(message, reason, queue.name,
+                                                 when)
+            names = self._route(exchange, routing_key, properties.headers)
+            if reason != 'rejected':
+                names = [name for name in names if not _is_death_cycle(
+                    name, properties.headers['x-death'])]
+            dead = _Message(exchange.name, routing_key, message.body,
+                            b''.join(properties.encode()))
+            for name in names:
+                self._enqueue(self._queues[name], dead, None, now)
 
     # closing
 
@@ -1411,6 +1644,7 @@ class MemoryChannel:
             message = target.pop(now)
             if message is None:
                 return None, None, None
+            self._broker._schedule_expiry(target)
             delivery_tag = next(self._delivery_tags)
             if not auto_ack:
                 self._unacked[delivery_tag] = _Unacked(message, target, None)
@@ -1432,7 +1666,9 @@ class MemoryChannel:
     def basic_nack(self, delivery_tag: int = 0, multiple: bool = False,
                    requeue: bool = True):
         """Reject one or more deliveries; requeued messages go back to the
-        front of their queue marked redelivered, others are dropped.
+        front of their queue marked redelivered, others are dead-lettered
+        (reason ``rejected``), or dropped if their queue has no dead-letter
+        exchange.
 
         :raises ChannelClosedByBroker: 406, unknown delivery tag
         """
@@ -1440,6 +1676,8 @@ class MemoryChannel:
             entries = self._settle(delivery_tag, multiple)
             if requeue:
                 self._broker._requeue(entries, now)
+            else:
+                self._broker._reject(entries, now)
             self._dispatch_own_queues(now)
 
     def basic_reject(self, delivery_tag: int = 0, requeue: bool = True):
@@ -1563,10 +1801,12 @@ def connect(vhost: str = '/') -> MemoryConnection:
 
 def delete_vhost(vhost: str):
     """Close every connection of ``vhost`` (as
-    :meth:`Broker.close_all_connections`) and forget all its state. A later
-    :func:`connect` starts from an empty vhost. Unknown vhosts are ignored."""
+    :meth:`Broker.close_all_connections`), stop and join its expiry thread,
+    and forget all its state. A later :func:`connect` starts from an empty
+    vhost. Unknown vhosts are ignored."""
     with _vhosts.lock:
         broker = _vhosts.brokers.pop(vhost, None)
     if broker is not None:
         broker.close_all_connections(
             "CONNECTION_FORCED - vhost '{}' is deleted".format(vhost))
+        broker._stop_expiry_timer()
