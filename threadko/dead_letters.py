@@ -27,8 +27,8 @@ PREVIEW = 60  # characters of a payload shown by list
 #: one dead letter: ``id``, the pika ``properties`` and the ``body``
 Letter = namedtuple('Letter', 'id properties body')
 
-# the retry bookkeeping a replayed message starts again without
-_RETRY_HEADERS = frozenset(retry.DEAD_LETTER_HEADERS)
+# what a dead letter's id covers
+_ID_HEADERS = tuple(sorted(retry.DEAD_LETTER_HEADERS))
 
 
 def dead_letter_queue_name(name):
@@ -42,7 +42,7 @@ def letter_id(properties, body):
     """A short id of a dead letter (stable while it is in the queue)."""
     headers = properties.headers or {}
     digest = hashlib.sha1(body)
-    for key in sorted(_RETRY_HEADERS):
+    for key in _ID_HEADERS:
         digest.update(repr((key, headers.get(key))).encode())
     return digest.hexdigest()[:10]
 
@@ -168,9 +168,7 @@ class DeadLetterQueue:
 
 
 def _without_retry_headers(properties):
-    headers = {key: value for key, value in
-               (properties.headers or {}).items()
-               if key not in _RETRY_HEADERS}
+    headers = retry.without_retry_headers(properties.headers)
     return pika.BasicProperties(
         content_type=properties.content_type,
         content_encoding=properties.content_encoding,

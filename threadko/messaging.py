@@ -206,6 +206,8 @@ class Consumer(Entrypoint, HeaderDecoder):
 
     def handle_message(self, body, message):
         context_data = self.unpack_message_headers(message)
+        if self.retry_policy is not None:
+            context_data = retries.without_retry_headers(context_data)
         handle_result = partial(self.handle_result, message)
         attempt = (retries.attempt_of(message) + 1
                    if self.retry_policy is not None else None)
@@ -275,9 +277,12 @@ class Consumer(Entrypoint, HeaderDecoder):
             type=original.type,
             app_id=original.app_id)
         try:
+            # declared each time (a new Queue object): publishing does not
+            # count as using a queue for its x-expires; and mandatory, so
+            # a copy that finds no queue is an error, not a loss
             self.producers.pool.publish(
                 message.body, '', queue.name, properties=properties,
-                declare=[queue])
+                declare=[queue], mandatory=True)
         except Exception:
             _log.exception('Could not send %s to %s; requeueing it',
                            message, queue.name)

@@ -48,6 +48,12 @@ DEAD_LETTER_HEADERS = (
     FIRST_FAILURE_HEADER, LAST_FAILURE_HEADER, EXCHANGE_HEADER,
     ROUTING_KEY_HEADER)
 
+#: the headers of the retry bookkeeping, threadko's and RabbitMQ's (which
+#: dead-lettering from a wait queue adds): not context data
+RETRY_HEADERS = frozenset(DEAD_LETTER_HEADERS + (
+    'x-death', 'x-first-death-reason', 'x-first-death-queue',
+    'x-first-death-exchange'))
+
 # an unused wait queue goes away this long after its delay
 WAIT_QUEUE_SPARE_MS = 60000
 MAX_EXCEPTION_MESSAGE = 1000  # characters of str(exc) kept in a header
@@ -153,10 +159,17 @@ def wait_ms(seconds):
     return ms
 
 
+def without_retry_headers(headers):
+    """``headers`` (or context data) without :data:`RETRY_HEADERS`."""
+    return {key: value for key, value in (headers or {}).items()
+            if key not in RETRY_HEADERS}
+
+
 def wait_queue(queue_name, ms):
     """The wait queue of ``queue_name`` for a delay of ``ms``: its messages
-    expire after ``ms`` and go back to ``queue_name``."""
-    return Queue(
+    expire after ``ms`` and go back to ``queue_name``. Declared with every
+    publish: an ``x-expires`` queue that is only published to expires."""
+    queue = Queue(
         '{}.retry.{}'.format(queue_name, ms), durable=True,
         queue_arguments={
             'x-message-ttl': ms,
@@ -164,12 +177,16 @@ def wait_queue(queue_name, ms):
             'x-dead-letter-routing-key': queue_name,
             'x-expires': ms + WAIT_QUEUE_SPARE_MS,
         })
+    queue.declare_every_time = True
+    return queue
 
 
 def dead_letter_queue(queue_name):
     """The durable queue where ``queue_name``'s handler's messages go after
     their last attempt."""
-    return Queue('{}.dead-letters'.format(queue_name), durable=True)
+    queue = Queue('{}.dead-letters'.format(queue_name), durable=True)
+    queue.declare_every_time = True  # not remembered per connection
+    return queue
 
 
 def attempt_of(message):

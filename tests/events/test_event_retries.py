@@ -1,6 +1,7 @@
 """Retries with back-off and dead letters (threadko.retry) for
-``@event_handler``: delays wait on the broker, in per-delay wait queues,
-and the last failure ends in the handler's dead-letter queue."""
+``@event_handler`` and ``@consume``, on the embedded broker and on
+RabbitMQ: delays wait on the broker, in per-delay wait queues, and the
+last failure ends in the handler's dead-letter queue."""
 
 import threading
 import time
@@ -8,6 +9,7 @@ import time
 import pika
 import pytest
 
+from threadko.amqp.connection import Connector
 from threadko.events import event_handler
 from threadko.retry import (
     ATTEMPT_HEADER, DEAD_LETTER_HEADERS, EXCEPTION_HEADER, Backoff, Retry,
@@ -55,8 +57,7 @@ def _get(config, queue):
     """``(properties, body)`` of the next message of ``queue``; None if
     it is empty or does not exist (dead-letter queues are declared with
     their first letter)."""
-    connection = pika.BlockingConnection(
-        pika.URLParameters(config['AMQP_URI']))
+    connection = Connector(config).connect()
     try:
         method, properties, body = connection.channel().basic_get(
             queue, auto_ack=True)
@@ -70,14 +71,14 @@ def _get(config, queue):
     return (properties, body) if method is not None else None
 
 
-@pytest.mark.rabbit
 def test_a_handler_failing_twice_runs_three_times_spaced_by_the_delays(
-        rabbit_config, containers):
+        broker, containers):
+    config = broker.config
     calls = Calls()
     policy = Retry(attempts=3, delay=0.3, multiplier=2, jitter=0)
     containers(flaky_service(calls, {'x': 2}, policy),
-               rabbit_config).start()
-    dispatch = event_dispatcher(rabbit_config)
+               config).start()
+    dispatch = event_dispatcher(config)
     dispatch('src', 'happened', 'x')
     got = calls.wait_for(3)
     assert [(payload, attempt) for payload, attempt, _ in got] == [
@@ -85,11 +86,11 @@ def test_a_handler_failing_twice_runs_three_times_spaced_by_the_delays(
     first, second, third = (at for _, _, at in got)
     assert 0.3 <= second - first < 0.3 + 5
     assert 0.6 <= third - second < 0.6 + 5
-    assert _get(rabbit_config, QUEUE + '.dead-letters') is None
+    assert _get(config, QUEUE + '.dead-letters') is None
 
 
-@pytest.mark.rabbit
-def test_a_long_delay_does_not_hold_up_a_short_one(rabbit_config, containers):
+def test_a_long_delay_does_not_hold_up_a_short_one(broker, containers):
+    config = broker.config
     calls = Calls()
     policy = Retry(attempts=2, delay=0.1, jitter=0)
 
@@ -103,8 +104,8 @@ def test_a_long_delay_does_not_hold_up_a_short_one(rabbit_config, containers):
             if self.attempt == 1:
                 raise Backoff(30 if payload == 'slow' else 0.2)
 
-    containers(Picky, rabbit_config).start()
-    dispatch = event_dispatcher(rabbit_config)
+    containers(Picky, config).start()
+    dispatch = event_dispatcher(config)
     dispatch('src', 'happened', 'slow')
     calls.wait_for(1)
     dispatch('src', 'happened', 'quick')
@@ -113,20 +114,20 @@ def test_a_long_delay_does_not_hold_up_a_short_one(rabbit_config, containers):
         ('slow', 1), ('quick', 1), ('quick', 2)]
 
 
-@pytest.mark.rabbit
 def test_an_always_failing_handler_ends_with_one_dead_letter(
-        rabbit_config, containers):
+        broker, containers):
+    config = broker.config
     calls = Calls()
     policy = Retry(attempts=3, delay=0.1, jitter=0)
     containers(flaky_service(calls, {'doomed': 99}, policy),
-               rabbit_config).start()
-    dispatch = event_dispatcher(rabbit_config)
+               config).start()
+    dispatch = event_dispatcher(config)
     dispatch('src', 'happened', 'doomed')
     calls.wait_for(3)
     deadline = time.monotonic() + WAIT
     letter = None
     while letter is None and time.monotonic() < deadline:
-        letter = _get(rabbit_config, QUEUE + '.dead-letters')
+        letter = _get(config, QUEUE + '.dead-letters')
     assert letter is not None, 'no dead letter'
     properties, body = letter
     assert body == b'"doomed"'
@@ -139,12 +140,12 @@ def test_an_always_failing_handler_ends_with_one_dead_letter(
     assert headers['x-threadko-original-routing-key'] == 'happened'
     assert headers['x-threadko-first-failure'] <= \
         headers['x-threadko-last-failure']
-    assert _get(rabbit_config, QUEUE + '.dead-letters') is None  # just one
+    assert _get(config, QUEUE + '.dead-letters') is None  # just one
     assert len(calls.calls) == 3
 
 
-@pytest.mark.rabbit
-def test_expected_exceptions_are_not_retried(rabbit_config, containers):
+def test_expected_exceptions_are_not_retried(broker, containers):
+    config = broker.config
     calls = Calls()
 
     class Strict:
@@ -158,8 +159,8 @@ def test_expected_exceptions_are_not_retried(rabbit_config, containers):
             if payload == 'bad':
                 raise KeyError(payload)
 
-    containers(Strict, rabbit_config).start()
-    dispatch = event_dispatcher(rabbit_config)
+    containers(Strict, config).start()
+    dispatch = event_dispatcher(config)
     dispatch('src', 'happened', 'bad')
     dispatch('src', 'happened', 'next')
     got = calls.wait_for(2)
@@ -167,18 +168,18 @@ def test_expected_exceptions_are_not_retried(rabbit_config, containers):
         ('bad', 1), ('next', 1)]
 
 
-@pytest.mark.rabbit
 def test_a_retry_waiting_on_the_broker_survives_a_restart_of_the_service(
-        rabbit_config, containers):
+        broker, containers):
+    config = broker.config
     calls = Calls()
     policy = Retry(attempts=2, delay=1.0, jitter=0)
     service = flaky_service(calls, {'x': 1}, policy)
-    first = containers(service, rabbit_config)
+    first = containers(service, config)
     first.start()
-    event_dispatcher(rabbit_config)('src', 'happened', 'x')
+    event_dispatcher(config)('src', 'happened', 'x')
     calls.wait_for(1)
     first.stop()  # the retry waits in its wait queue meanwhile
-    containers(service, rabbit_config).start()
+    containers(service, config).start()
     got = calls.wait_for(2)
     assert [(payload, attempt) for payload, attempt, _ in got] == [
         ('x', 1), ('x', 2)]
@@ -233,3 +234,29 @@ def test_an_undecodable_message_goes_to_the_dead_letters(
     properties, body = letter
     assert body == b'{not json'
     assert 'Decode' in properties.headers[EXCEPTION_HEADER]
+
+
+def test_retry_bookkeeping_is_not_context_data(broker, containers):
+    from threadko.extensions import DependencyProvider
+    seen = Calls()
+
+    class ContextData(DependencyProvider):
+        def get_dependency(self, worker_ctx):
+            return worker_ctx.data
+
+    class Flaky:
+        name = 'flaky'
+        attempt = RetryAttempt()
+        context = ContextData()
+
+        @event_handler('src', 'happened', retry=Retry(delay=0.1))
+        def handle(self, payload):
+            seen.add(sorted(self.context), self.attempt)
+            if self.attempt == 1:
+                raise ValueError('once')
+
+    containers(Flaky, broker.config).start()
+    event_dispatcher(broker.config)('src', 'happened', 'x')
+    (first, _, _), (second, _, _) = seen.wait_for(2)
+    assert second == first  # nothing of x-death or x-threadko-* added
+    assert not [key for key in second if key.startswith('x-')]

@@ -103,6 +103,11 @@ class Queue:
         exist already)
     """
 
+    #: publishers declare it again with every publish that names it,
+    #: instead of once per connection (publishing alone does not count as
+    #: using a queue for its ``x-expires``)
+    declare_every_time = False
+
     def __init__(self, name='', exchange=None, routing_key='', durable=True,
                  exclusive=False, auto_delete=False, queue_arguments=None,
                  binding_arguments=None, bindings=(), no_declare=False):

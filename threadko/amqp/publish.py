@@ -126,11 +126,13 @@ class _Producer:
                       time.monotonic() - self._blocked_since)
 
     def declare(self, entities):
-        """Declare each entity once per connection."""
+        """Declare each entity once per connection (or every time, for a
+        queue with ``declare_every_time``)."""
         for entity in entities:
             if entity not in self.declared:
                 entity.declare(self.channel)
-                self.declared.add(entity)
+                if not getattr(entity, 'declare_every_time', False):
+                    self.declared.add(entity)
 
     def publish(self, exchange, routing_key, body, properties, mandatory,
                 declare):
