@@ -222,12 +222,15 @@ class Consumer(Entrypoint, HeaderDecoder):
         """A message that cannot be decoded: to the dead-letter queue with
         retries on, else rejected (to the queue's dead-letter exchange, if
         any)."""
-        _log.error('Cannot decode %s for %s: %s', message, self, exc)
-        if self.retry_policy is not None:
-            self._republish(message, retries.dead_letter_queue(
-                self.queue.name), retries.retry_headers(message, 1, exc))
-        else:
+        if self.retry_policy is None:
+            # as the queue consumer does for any provider
+            _log.error('Discarding %s for %s: %s', message, self, exc)
             message.discard()
+            return
+        queue = retries.dead_letter_queue(self.queue.name)
+        _log.error('Dead-lettering %s for %s to %s: %s', message, self,
+                   queue.name, exc)
+        self._republish(message, queue, retries.retry_headers(message, 1, exc))
 
     def handle_result(self, message, worker_ctx, result, exc_info):
         self.handle_message_processed(message, result, exc_info)
