@@ -14,6 +14,7 @@ the workers on other threads.
 
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -159,8 +160,23 @@ class Connection:
     def create_schema(self, statements):
         """Run ``statements`` (``CREATE TABLE IF NOT EXISTS ...``), with
         ``{serial}`` standing for an auto-numbered primary key column."""
-        for statement in self.dialect.prelude + list(statements):
+        for statement in self.dialect.prelude:
+            self._execute_when_free(statement)
+        for statement in statements:
             self.execute(statement.format(serial=self.dialect.serial))
+
+    def _execute_when_free(self, sql, attempts=50):
+        # SQLite's PRAGMA journal_mode=WAL needs the database to itself and
+        # fails at once, without waiting, while another connection (the
+        # other service starting in the same process) runs it too
+        for attempt in range(attempts):
+            try:
+                return self.execute(sql)
+            except self.dialect.driver.OperationalError:
+                if attempt == attempts - 1:
+                    raise
+                self.broken = False
+                time.sleep(0.1)
 
     def close(self):
         try:
