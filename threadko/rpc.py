@@ -94,19 +94,16 @@ def reply_queue_lost(connection, queue_name):
 
 
 def declare_reply_queue_anew(channel, queue, renew, registry):
-    """Declare ``queue`` on ``channel`` again after a reconnect; if the
-    broker answers 404, the queue lives on a node that is down or stopping
-    ("home node ... is down", "process is stopped by supervisor") and
-    cannot be used until that node is back: declare ``renew()`` (a queue
-    with a new name) on a channel of its own instead, fail the calls
-    waiting for replies on the old one, and return the new queue."""
-    try:
-        queue.declare(channel)
+    """Declare ``queue`` again after a reconnect (on a channel of its own,
+    beside ``channel``); if the broker answers 404 to the declaration or to
+    a consumer, the queue lives on a node that is down or stopping ("home
+    node ... is down", "process is stopped by supervisor") and cannot be
+    used until that node is back: declare ``renew()`` (a queue with a new
+    name) instead, fail the calls waiting for replies on the old one, and
+    return the new queue."""
+    refusal = _unusable(channel.connection, queue)
+    if refusal is None:
         return queue
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code != 404:
-            raise
-        refusal = exc
     fresh = renew()
     _log.warning('Reply queue %s cannot be declared again (%s); replies '
                  'now go to %s', queue.name, refusal, fresh.name)
@@ -115,6 +112,25 @@ def declare_reply_queue_anew(channel, queue, renew, registry):
     fresh.declare(spare)
     spare.close()
     return fresh
+
+
+def _unusable(connection, queue):
+    """Declare ``queue`` and check that it can be consumed, on a channel of
+    its own; the broker's 404 if it cannot (a durable queue on a node that
+    is stopping can be declared and then refuses consumers), else None."""
+    probe = connection.channel()
+    try:
+        queue.declare(probe)
+        probe.basic_cancel(probe.basic_consume(
+            queue.name, lambda *delivery: None))
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != 404:
+            raise
+        return exc
+    finally:
+        if probe.is_open:
+            probe.close()  # anything delivered meanwhile is requeued
+    return None
 
 
 def lost_replies_error(queue_name):

@@ -236,12 +236,9 @@ class _ClientBase:
         else:
             if len(self._registry):
                 channel = self._check_reply_queue(connection, channel)
-            queue = declare_reply_queue_anew(
+            self._queue = declare_reply_queue_anew(
                 channel, self._queue, self._renew_reply_queue,
                 self._registry)
-            if queue is not self._queue:
-                self._queue = queue
-                channel = connection.channel()  # the refusal closed it
         basic_consume(channel, self._queue.name, self._on_reply,
                       auto_ack=True)
 
