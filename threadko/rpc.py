@@ -95,12 +95,22 @@ def reply_queue_lost(connection, queue_name):
 
 def declare_reply_queue_anew(channel, queue, renew, registry):
     """Declare ``queue`` again after a reconnect (on a channel of its own,
-    beside ``channel``); if the broker answers 404 to the declaration or to
-    a consumer, the queue lives on a node that is down or stopping ("home
-    node ... is down", "process is stopped by supervisor") and cannot be
-    used until that node is back: declare ``renew()`` (a queue with a new
-    name) instead, fail the calls waiting for replies on the old one, and
-    return the new queue."""
+    beside ``channel``) and return the queue to consume.
+
+    First, when calls are waiting for replies, check that the queue
+    survived: if it was deleted or expired meanwhile, their replies are
+    lost, and the calls fail at once with
+    :class:`~threadko.exceptions.ReplyQueueExpiredWithPendingReplies`
+    instead of waiting forever (or until their timeout). Then, if the
+    broker answers 404 to the declaration or to a consumer, the queue lives
+    on a node that is down or stopping ("home node ... is down", "process
+    is stopped by supervisor") and cannot be used until that node is back:
+    declare ``renew()`` (a queue with a new name) instead, fail the calls
+    waiting for replies on the old one, and return the new queue."""
+    if len(registry) and reply_queue_lost(channel.connection, queue.name):
+        _log.warning('Reply queue %s was lost with %s call(s) waiting; '
+                     'failing them', queue.name, len(registry))
+        registry.fail_all(lost_replies_error(queue.name))
     refusal = _unusable(channel.connection, queue)
     if refusal is None:
         return queue
@@ -785,11 +795,8 @@ class ClusterProxy:
 class _ReplyQueue:
     """The container's reply queue (a :class:`Queue`, which it stands in
     for). Each declaration after the first (the consumer declares its
-    queues again after a reconnect) first checks, when calls are waiting
-    for replies, that the queue survived: if it was deleted or expired
-    meanwhile, their replies are lost, and the calls fail at once with
-    :class:`~threadko.exceptions.ReplyQueueExpiredWithPendingReplies`
-    instead of waiting forever (or until their timeout)."""
+    queues again after a reconnect) goes through
+    :func:`declare_reply_queue_anew`."""
 
     def __init__(self, queue, registry, renew):
         self._queue = queue
@@ -801,13 +808,6 @@ class _ReplyQueue:
         return getattr(self._queue, name)
 
     def declare(self, channel):
-        if self._declared and len(self._registry):
-            if reply_queue_lost(channel.connection, self._queue.name):
-                _log.warning('Reply queue %s was lost with %s call(s) '
-                             'waiting; failing them', self._queue.name,
-                             len(self._registry))
-                self._registry.fail_all(lost_replies_error(
-                    self._queue.name))
         if self._declared:
             self._queue = declare_reply_queue_anew(
                 channel, self._queue, self._renew, self._registry)

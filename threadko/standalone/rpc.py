@@ -16,8 +16,6 @@ import uuid
 from collections import deque
 from functools import partial
 
-import pika.exceptions
-
 from threadko.amqp.connection import Connector
 from threadko.amqp.consumer import ConsumerLoop, basic_consume, decode_body
 from threadko.amqp.publish import (
@@ -31,8 +29,7 @@ from threadko.constants import (
 from threadko.exceptions import RpcClientStopped
 from threadko.rpc import (
     RESTRICTED_PUBLISHER_OPTIONS, ClusterProxy, ReplyRegistry, RpcClient,
-    ServiceProxy, declare_reply_queue_anew, get_rpc_exchange,
-    lost_replies_error, reply_queue,
+    ServiceProxy, declare_reply_queue_anew, get_rpc_exchange, reply_queue,
 )
 from threadko.standalone import client_config
 from threadko.utils import fork
@@ -234,8 +231,6 @@ class _ClientBase:
             self._queue.declare(channel)
             self._connected_before = True
         else:
-            if len(self._registry):
-                channel = self._check_reply_queue(connection, channel)
             self._queue = declare_reply_queue_anew(
                 channel, self._queue, self._renew_reply_queue,
                 self._registry)
@@ -247,18 +242,6 @@ class _ClientBase:
         self._client.reply_to = reply_key
         return reply_queue(get_rpc_exchange(self.config),
                            STANDALONE_SERVICE_NAME, reply_key)
-
-    def _check_reply_queue(self, connection, channel):
-        # replies published while the queue was gone are lost: fail the
-        # calls waiting for them instead of letting them hang
-        try:
-            channel.queue_declare(queue=self._queue.name, passive=True)
-            return channel
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code != 404:
-                raise
-        self._registry.fail_all(lost_replies_error(self._queue.name))
-        return connection.channel()
 
     def _on_reply(self, channel, method, properties, body):
         try:
