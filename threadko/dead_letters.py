@@ -10,7 +10,6 @@ queue.
 """
 
 import hashlib
-import time
 from collections import namedtuple
 from datetime import datetime, timezone
 
@@ -148,7 +147,9 @@ class DeadLetterQueue:
                 ', '.join(sorted(unknown)), self.name))
         for tag, letter in chosen:
             headers = letter.properties.headers or {}
-            properties = _without_retry_headers(letter.properties)
+            properties = retry.copy_properties(
+                letter.properties,
+                retry.without_retry_headers(letter.properties.headers))
             publisher.basic_publish(
                 headers.get(retry.EXCHANGE_HEADER, ''),
                 headers.get(retry.ROUTING_KEY_HEADER, ''),
@@ -166,16 +167,3 @@ class DeadLetterQueue:
         finally:
             channel.close()
 
-
-def _without_retry_headers(properties):
-    headers = retry.without_retry_headers(properties.headers)
-    return pika.BasicProperties(
-        content_type=properties.content_type,
-        content_encoding=properties.content_encoding,
-        headers=headers or None,
-        delivery_mode=properties.delivery_mode or 2,
-        priority=properties.priority,
-        correlation_id=properties.correlation_id,
-        reply_to=properties.reply_to, message_id=properties.message_id,
-        timestamp=properties.timestamp or int(time.time()),
-        type=properties.type, app_id=properties.app_id)

@@ -18,11 +18,8 @@ exchanges can be shared with Nameko services on the same broker.
 """
 
 import logging
-import time
 import warnings
 from functools import partial
-
-import pika
 
 from threadko.amqp.consumer import QueueConsumer
 from threadko.amqp.entities import Exchange, Queue, binding
@@ -268,17 +265,7 @@ class Consumer(Entrypoint, HeaderDecoder):
     def _republish(self, message, queue, headers):
         # confirmed before the original is acked: never lost between the
         # two (if the ack is lost, the message is handled once more)
-        original = message.properties
-        properties = pika.BasicProperties(
-            content_type=original.content_type,
-            content_encoding=original.content_encoding,
-            headers=headers, delivery_mode=original.delivery_mode or 2,
-            priority=original.priority,
-            correlation_id=original.correlation_id,
-            reply_to=original.reply_to, message_id=original.message_id,
-            timestamp=original.timestamp or int(time.time()),
-            type=original.type,
-            app_id=original.app_id)
+        properties = retries.copy_properties(message.properties, headers)
         try:
             # declared each time (a new Queue object): publishing does not
             # count as using a queue for its x-expires; and mandatory, so

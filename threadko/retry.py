@@ -26,6 +26,8 @@ dependency, and can ask for a retry after a delay of its choice by raising
 import random
 import time
 
+import pika
+
 from threadko.amqp.entities import Queue
 from threadko.constants import HANDLER_RETRY_CONFIG_KEY
 from threadko.exceptions import ConfigurationError
@@ -163,6 +165,23 @@ def without_retry_headers(headers):
     """``headers`` (or context data) without :data:`RETRY_HEADERS`."""
     return {key: value for key, value in (headers or {}).items()
             if key not in RETRY_HEADERS}
+
+
+def copy_properties(properties, headers):
+    """``properties`` of a message with ``headers`` instead of its own, for
+    a copy published again (persistent unless it said otherwise; no
+    ``expiration``, and no ``user_id``, which the broker checks against
+    the publishing user)."""
+    return pika.BasicProperties(
+        content_type=properties.content_type,
+        content_encoding=properties.content_encoding,
+        headers=headers or None,
+        delivery_mode=properties.delivery_mode or 2,
+        priority=properties.priority,
+        correlation_id=properties.correlation_id,
+        reply_to=properties.reply_to, message_id=properties.message_id,
+        timestamp=properties.timestamp or int(time.time()),
+        type=properties.type, app_id=properties.app_id)
 
 
 def wait_queue(queue_name, ms):
