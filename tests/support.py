@@ -283,6 +283,20 @@ def queue_state(broker, queue):
     return ok.method.message_count, ok.method.consumer_count
 
 
+def poll(check, what, timeout=BROKER_WAIT, interval=0.1):
+    """Call ``check()`` every ``interval`` seconds until it returns
+    something true, and return that; fail, naming ``what``, after
+    ``timeout`` seconds. For what nothing signals: other processes'
+    progress, the broker's statistics."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, 'timed out waiting for ' + what
+        time.sleep(interval)
+
+
 def until(predicate, timeout=BROKER_WAIT):
     """Poll ``predicate`` (each call a broker round trip) until it holds:
     RabbitMQ deletes auto-delete queues and forgets cancelled consumers a

@@ -8,6 +8,8 @@ import threading
 
 import pytest
 
+from support import poll
+
 from threadko.events import event_handler
 from threadko.retry import Retry
 from threadko.standalone.events import event_dispatcher
@@ -54,16 +56,8 @@ def two_dead_letters(rabbit_config, rabbit_manager, containers):
     def counted():
         queues = {q['name']: q for q in rabbit_manager.get_queues(vhost)}
         return queues.get(dead_queue, {}).get('messages') == 2
-    _until(counted)
+    poll(counted, 'the management API to count 2 dead letters', WAIT)
     return rabbit_config['AMQP_URI']
-
-
-def _until(check, timeout=WAIT):
-    import time
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, 'timed out'
-        time.sleep(0.2)  # the management API's figures lag
 
 
 def test_list_show_replay_and_purge(two_dead_letters):

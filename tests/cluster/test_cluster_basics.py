@@ -1,24 +1,14 @@
 """The cluster the failover tests run on: three nodes that form one cluster,
 replicate quorum queues, survive a killed node and serve a failover list."""
 
-import time
-
 import pika
 import pytest
+
+from support import poll
 
 from threadko.amqp.connection import Connector
 
 WAIT = 30  # seconds for the cluster to show a change
-
-
-def wait_until(check, timeout=WAIT, interval=0.5):
-    """Poll ``check()`` until it returns something true; return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() >= deadline:
-            return result
-        time.sleep(interval)
 
 
 def test_three_nodes_form_one_cluster(rabbit_cluster):
@@ -42,9 +32,9 @@ def test_quorum_queue_has_a_member_on_every_node(
         connection.close()
 
     # members show up with the queue's first statistics
-    queue = wait_until(lambda: _with_members(
-        rabbit_cluster.api_get('queues', vhost, 'replicated')))
-    assert queue, 'the management API shows no members for the queue'
+    queue = poll(lambda: _with_members(
+        rabbit_cluster.api_get('queues', vhost, 'replicated')),
+        'the management API to show members for the queue', WAIT, 0.5)
     assert queue['type'] == 'quorum'
     assert sorted(queue['members']) == rabbit_cluster.node_names
     assert queue['leader'] in rabbit_cluster.node_names
@@ -76,7 +66,8 @@ def test_failover_list_connects_while_node_1_is_down(
         channel.queue_declare('failover', durable=True,
                               arguments={'x-queue-type': 'quorum'})
         channel.basic_publish('', 'failover', b'still here')
-        body = wait_until(lambda: channel.basic_get('failover', True)[2])
+        body = poll(lambda: channel.basic_get('failover', True)[2],
+                    'the message', WAIT, 0.5)
         assert body == b'still here'
 
         # the broker says which of its ports the client reached

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support import ChildProcess, child_env
+from support import ChildProcess, child_env, poll
 from traffic import Traffic
 
 SERVICE = '''
@@ -68,17 +68,6 @@ RECOVERY_GOAL = 10.0  # seconds, for quorum queues (typically ~1 s and ~0.2 s)
 OUTAGE_WAIT = 60  # seconds to wait for traffic to flow again at all
 DRAIN_WAIT = 30  # seconds for the last confirmed events to be handled
 STEADY_CALLS = 20  # successful calls that show traffic flows
-
-
-def _wait_until(check, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError('timed out waiting for ' + what)
-        time.sleep(0.1)  # polling other processes' progress
 
 
 def _handled(log_path):
@@ -139,10 +128,9 @@ def _wait_recovered(traffic, since, timeout):
 
 def _wait_steady(traffic):
     now = time.time()
-    _wait_until(
-        lambda: sum(1 for call in traffic.calls
-                    if call.started >= now and call.error is None)
-        >= STEADY_CALLS, OUTAGE_WAIT, 'calls to succeed again')
+    poll(lambda: sum(1 for call in traffic.calls
+                     if call.started >= now and call.error is None)
+         >= STEADY_CALLS, 'calls to succeed again', OUTAGE_WAIT)
 
 
 class Run:
@@ -177,9 +165,8 @@ class Run:
         hung = traffic.stop()
         confirmed = traffic.confirmed_ids()
         try:
-            _wait_until(
-                lambda: confirmed <= set(_handled(self.handled_log)),
-                DRAIN_WAIT, 'every confirmed event to be handled')
+            poll(lambda: confirmed <= set(_handled(self.handled_log)),
+                 'every confirmed event to be handled', DRAIN_WAIT)
         except AssertionError:
             pass  # counted below
         handled = _handled(self.handled_log)
@@ -280,9 +267,9 @@ def test_quorum_queue_leaders_move_under_running_consumers(
         moved_at = time.time()
         for queue in queues:
             _transfer_leadership(rabbit_cluster, vhost, queue, target)
-        _wait_until(lambda: all(_leader(rabbit_cluster, vhost, queue)
-                                == target for queue in queues),
-                    OUTAGE_WAIT, 'the leaders to move')
+        poll(lambda: all(_leader(rabbit_cluster, vhost, queue) == target
+                         for queue in queues),
+             'the leaders to move', OUTAGE_WAIT)
         _wait_steady(run.traffic)
         run.report['move_errors'] = run.traffic.errors_between(
             moved_at, time.time())

@@ -6,12 +6,11 @@ forever; the service handles the next event as usual."""
 
 import sys
 import textwrap
-import time
 
 import pika
 import yaml
 
-from support import ChildProcess, child_env
+from support import ChildProcess, child_env, poll
 
 SERVICE = '''
 from threadko.dependency_providers import Config
@@ -33,16 +32,6 @@ class Poisoned:
 
 LIMIT = 3
 WAIT = 60
-
-
-def _wait_until(check, what, timeout=WAIT):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, 'timed out waiting for ' + what
-        time.sleep(0.1)  # polling another process's progress
 
 
 def test_a_poison_event_is_dead_lettered_after_the_delivery_limit(
@@ -77,13 +66,13 @@ def test_a_poison_event_is_dead_lettered_after_the_delivery_limit(
             channel.basic_publish('src.events', 'happened', payload,
                                   properties)
 
-        properties, body = _wait_until(
+        properties, body = poll(
             lambda: _get(channel, 'poison-kept'),
-            'the poison event to be dead-lettered')
+            'the poison event to be dead-lettered', WAIT)
         assert body == b'"poison"'
         assert properties.headers['x-death'][0]['reason'] == 'delivery_limit'
-        _wait_until(lambda: 'fine' in _lines(deliveries),
-                    'the next event to be handled')
+        poll(lambda: 'fine' in _lines(deliveries),
+             'the next event to be handled', WAIT)
         assert _lines(deliveries).count('poison') == LIMIT + 1
     finally:
         service.close()
