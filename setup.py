@@ -21,7 +21,11 @@ setup(
         'werkzeug>=2.0',
     ],
     extras_require={
+        # threadko.observability: METRICS_ADDRESS (Prometheus) and TRACING
+        # (OpenTelemetry's API; an SDK is the application's choice)
+        'metrics': ['prometheus_client>=0.12'],
         'sqlalchemy': ['SQLAlchemy>=1.4'],
+        'tracing': ['opentelemetry-api>=1.15'],
         'websocket': ['wsproto>=1.2'],
         'test': [
             # tests/test_fork.py serves a Flask app under gunicorn --preload
@@ -32,6 +36,11 @@ setup(
             # the shop example on MariaDB (tests/test_shop_example.py); builds
             # against libmariadb-dev, which scripts/bootstrap test installs
             'mysqlclient>=2.0',
+            # tests/observability: the tracing tests export to the SDK's
+            # in-memory exporter
+            'opentelemetry-api>=1.15',
+            'opentelemetry-sdk>=1.15',
+            'prometheus_client>=0.12',
             # threadko.sqlalchemy on PostgreSQL
             'psycopg2-binary>=2.9',
             'pytest>=7.0',
@@ -48,6 +57,11 @@ setup(
         'bench': [
             'matplotlib>=3.5',
             'mysqlclient>=2.0',
+            # the observability overhead scenarios (rpc_seq and http with
+            # metrics and tracing on)
+            'opentelemetry-api>=1.15',
+            'opentelemetry-sdk>=1.15',
+            'prometheus_client>=0.12',
             'psycopg2-binary>=2.9',
             'SQLAlchemy>=1.4',
             'wsproto>=1.2',

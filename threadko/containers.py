@@ -39,6 +39,7 @@ from threadko.extensions import (
     ENTRYPOINT_EXTENSIONS_ATTR, is_dependency, iter_extensions,
 )
 from threadko.log_helpers import make_timing_logger
+from threadko.observability import instrument_container
 from threadko.utils import import_from_path
 from threadko.utils.concurrency import SpawningSet, call_each
 
@@ -81,6 +82,19 @@ def get_container_cls(config=None):
     return import_from_path(class_path) or ServiceContainer
 
 
+#: the WorkerContext of the worker running in this context (each worker runs
+#: in a contextvars context of its own)
+_current_worker = contextvars.ContextVar('threadko_worker', default=None)
+
+
+def get_worker_context():
+    """The :class:`WorkerContext` of the worker this code runs in, or
+    ``None`` outside a worker (on an extension's thread, say). Code the
+    worker runs on other threads it starts sees it only if they run in a
+    copy of its context (``contextvars.copy_context().run``)."""
+    return _current_worker.get()
+
+
 def new_call_id():
     """A new unique id for a call (patch this for predictable ids)."""
     return str(uuid.uuid4())
@@ -104,6 +118,10 @@ class WorkerContext:
     _parent_call_id_stack = None
     #: which attempt at the work this is (entrypoints that retry set it)
     attempt = 1
+    #: what fired the entrypoint, as the entrypoint passed it to
+    #: ``spawn_worker``: the AMQP message, the HTTP request, or None.
+    #: Tracing reads the incoming trace context from it
+    origin = None
 
     def __init__(self, container, service, entrypoint, args=None,
                  kwargs=None, data=None):
@@ -364,6 +382,12 @@ class ServiceContainer:
         # read (nameko-prometheus counts the running workers with it)
         self._worker_threads = {}
         self._make_worker_pool()
+        # start() returned without error, and no stop() or kill() began
+        self._running = False
+
+        #: the observers of every worker (metrics, tracing), when switched
+        #: on by the config (see threadko.observability)
+        self.instruments = instrument_container(self)
 
         self._managed_threads = {}  # thread -> identifier
         self._managed_threads_lock = threading.Lock()
@@ -381,6 +405,13 @@ class ServiceContainer:
         sub-extensions."""
         return SpawningSet(
             self.entrypoints | self.dependencies | self.subextensions)
+
+    @property
+    def running(self):
+        """True from the moment :meth:`start` returned successfully until
+        :meth:`stop` or :meth:`kill` begins (what a readiness probe
+        reports)."""
+        return self._running
 
     @property
     def interface(self):
@@ -422,13 +453,19 @@ class ServiceContainer:
 
         _log.debug('starting %s', self)
         began = time.monotonic()
+        started = False
         try:
             self._run_start_phase('setup')
             if not self._start_interrupted:
                 self._run_start_phase('start')
+            started = True
         finally:
             with self._lifecycle_lock:
                 self._starting = None
+                if started:
+                    self._running = not (
+                        self._start_interrupted or self._stopping
+                        or self._being_killed)
             starting.set()
         if not self._start_interrupted:
             _log.debug('started %s in %.3fs', self, time.monotonic() - began)
@@ -497,6 +534,7 @@ class ServiceContainer:
             # handed to a worker (waiting for a free slot, say) goes back
             # to its source
             self._stopping = True
+            self._running = False
             starting = self._starting
             if not self._ever_started:
                 self._cancelled = True
@@ -565,6 +603,7 @@ class ServiceContainer:
             else:
                 already_killing = False
                 self._being_killed = True
+                self._running = False
                 already_dead = self._died.ready()
                 starting = self._starting
                 if not self._ever_started:
@@ -629,7 +668,7 @@ class ServiceContainer:
     # -- workers ---------------------------------------------------------
 
     def spawn_worker(self, entrypoint, args, kwargs, context_data=None,
-                     handle_result=None, attempt=None):
+                     handle_result=None, attempt=None, origin=None):
         """Run the service method behind ``entrypoint`` on a worker thread.
 
         Blocks while ``max_workers`` workers are busy, then returns the
@@ -646,11 +685,16 @@ class ServiceContainer:
             then receive. Entrypoints send replies and acks here.
         :param attempt: which attempt at the work this is, for entrypoints
             that retry (``worker_ctx.attempt``; 1 when not given)
+        :param origin: what fired the entrypoint (the
+            :class:`~threadko.amqp.consumer.Message`, the werkzeug
+            ``Request``), as ``worker_ctx.origin``: tracing continues the
+            trace its headers carry
         :raises ContainerBeingKilled: the container is stopping, being
             killed or has stopped; react as if the work had never arrived
             (requeue a message, say).
         """
-        worker_ctx = self._new_worker(entrypoint, args, kwargs, context_data)
+        worker_ctx = self._new_worker(
+            entrypoint, args, kwargs, context_data, origin)
         if attempt is not None:
             worker_ctx.attempt = attempt
         _log.debug('spawning %s', worker_ctx)
@@ -676,7 +720,7 @@ class ServiceContainer:
         return _Reservation(self._worker_slots)
 
     def run_worker(self, entrypoint, args, kwargs, context_data=None,
-                   handle_result=None):
+                   handle_result=None, origin=None):
         """Like :meth:`spawn_worker`, but run the worker on the calling
         thread and return its :class:`WorkerContext` when it is done.
 
@@ -688,14 +732,15 @@ class ServiceContainer:
 
         :raises ContainerBeingKilled: as :meth:`spawn_worker`
         """
-        worker_ctx = self._new_worker(entrypoint, args, kwargs, context_data)
+        worker_ctx = self._new_worker(
+            entrypoint, args, kwargs, context_data, origin)
         _log.debug('running %s inline', worker_ctx)
         # releases the slot when done
         contextvars.Context().run(
             self._run_worker_thread, worker_ctx, handle_result)
         return worker_ctx
 
-    def _new_worker(self, entrypoint, args, kwargs, context_data):
+    def _new_worker(self, entrypoint, args, kwargs, context_data, origin):
         """Take a worker slot (blocking while none is free) and make the
         worker's context; whoever gets it must run it, which releases the
         slot."""
@@ -710,8 +755,11 @@ class ServiceContainer:
             raise ContainerBeingKilled('{} is stopping'.format(self))
         try:
             service = self.service_cls()
-            return WorkerContext(
+            worker_ctx = WorkerContext(
                 self, service, entrypoint, args, kwargs, data=context_data)
+            if origin is not None:
+                worker_ctx.origin = origin
+            return worker_ctx
         except BaseException:
             self._worker_slots.release()
             if self._being_killed:
@@ -720,8 +768,12 @@ class ServiceContainer:
 
     def _run_worker_thread(self, worker_ctx, handle_result):
         self._worker_threads[worker_ctx] = threading.current_thread()
+        _current_worker.set(worker_ctx)
         try:
-            self._run_worker(worker_ctx, handle_result)
+            if self.instruments:
+                self._run_instrumented_worker(worker_ctx, handle_result)
+            else:
+                self._run_worker(worker_ctx, handle_result)
         except Exception:
             if self._being_killed:
                 _log.debug('%s failed after its container was killed',
@@ -736,68 +788,94 @@ class ServiceContainer:
             self._worker_threads.pop(worker_ctx, None)
             self._worker_slots.release()
 
+    def _run_instrumented_worker(self, worker_ctx, handle_result):
+        started = [(instrument, instrument.worker_started(worker_ctx))
+                   for instrument in self.instruments]
+        error = None
+        try:
+            error = self._run_worker(worker_ctx, handle_result)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            for instrument, token in reversed(started):
+                instrument.worker_finished(worker_ctx, token, error)
+            del error  # the traceback holds this frame
+
     def _run_worker(self, worker_ctx, handle_result):
-        # debug logging and timing only when enabled: this is the hot path
-        debug = _log.isEnabledFor(logging.DEBUG)
-        timed = _log_time if debug else _untimed
-        if self._being_killed:
-            _log.debug('discarding %s: container was killed', worker_ctx)
-            return
-
-        if debug:
-            _log.debug('setting up %s', worker_ctx)
-            _log.debug('call stack for %s: %s',
-                       worker_ctx, '->'.join(worker_ctx.call_id_stack))
-
-        with timed('ran worker %s', worker_ctx):
-            self._inject_dependencies(worker_ctx)
-            self._worker_setup(worker_ctx)
-
-            result = exc_info = None
-            method = getattr(worker_ctx.service,
-                             worker_ctx.entrypoint.method_name)
-            try:
-                if debug:
-                    _log.debug('calling handler for %s', worker_ctx)
-                with timed('ran handler for %s', worker_ctx):
-                    result = method(*worker_ctx.args, **worker_ctx.kwargs)
-            except Exception as exc:
-                if isinstance(exc, worker_ctx.entrypoint.expected_exceptions):
-                    _log.warning(
-                        '(expected) error handling worker %s: %s',
-                        worker_ctx, _describe(exc), exc_info=True)
-                else:
-                    _log.exception(
-                        'error handling worker %s: %s', worker_ctx,
-                        _describe(exc))
-                exc_info = sys.exc_info()
-
+        """Run the worker's lifecycle; return what the service method
+        raised (None if it returned)."""
+        error = None
+        try:
+            # debug logging and timing only when enabled: the hot path
+            debug = _log.isEnabledFor(logging.DEBUG)
+            timed = _log_time if debug else _untimed
             if self._being_killed:
-                # the worker was abandoned by kill(): its result must not
-                # reach the caller (no handle_result, no worker_result);
-                # worker_teardown still runs, here on the worker's own
-                # thread, so that what the providers lent this worker (a
-                # database session, say) goes back
-                _log.debug('discarding result of %s: container was killed',
+                _log.debug('discarding %s: container was killed',
                            worker_ctx)
-                del exc_info
-                self._teardown_abandoned(worker_ctx)
                 return
 
-            if handle_result is not None:
-                if debug:
-                    _log.debug('handling result for %s', worker_ctx)
-                with timed('handled result for %s', worker_ctx):
-                    result, exc_info = handle_result(
-                        worker_ctx, result, exc_info)
+            if debug:
+                _log.debug('setting up %s', worker_ctx)
+                _log.debug('call stack for %s: %s',
+                           worker_ctx, '->'.join(worker_ctx.call_id_stack))
 
-            with timed('tore down worker %s', worker_ctx):
-                if debug:
-                    _log.debug('signalling result for %s', worker_ctx)
-                self._worker_result(worker_ctx, result, exc_info)
-                # break the traceback -> frame -> exc_info cycle now
-                del exc_info
-                self._worker_teardown(worker_ctx)
+            with timed('ran worker %s', worker_ctx):
+                self._inject_dependencies(worker_ctx)
+                self._worker_setup(worker_ctx)
+
+                result = exc_info = None
+                method = getattr(worker_ctx.service,
+                                 worker_ctx.entrypoint.method_name)
+                try:
+                    if debug:
+                        _log.debug('calling handler for %s', worker_ctx)
+                    with timed('ran handler for %s', worker_ctx):
+                        result = method(
+                            *worker_ctx.args, **worker_ctx.kwargs)
+                except Exception as exc:
+                    if isinstance(
+                            exc, worker_ctx.entrypoint.expected_exceptions):
+                        _log.warning(
+                            '(expected) error handling worker %s: %s',
+                            worker_ctx, _describe(exc), exc_info=True)
+                    else:
+                        _log.exception(
+                            'error handling worker %s: %s', worker_ctx,
+                            _describe(exc))
+                    exc_info = sys.exc_info()
+                    error = exc
+
+                if self._being_killed:
+                    # the worker was abandoned by kill(): its result must
+                    # not reach the caller (no handle_result, no
+                    # worker_result); worker_teardown still runs, here on
+                    # the worker's own thread, so that what the providers
+                    # lent this worker (a database session, say) goes back
+                    _log.debug(
+                        'discarding result of %s: container was killed',
+                        worker_ctx)
+                    del exc_info
+                    self._teardown_abandoned(worker_ctx)
+                    return error
+
+                if handle_result is not None:
+                    if debug:
+                        _log.debug('handling result for %s', worker_ctx)
+                    with timed('handled result for %s', worker_ctx):
+                        result, exc_info = handle_result(
+                            worker_ctx, result, exc_info)
+
+                with timed('tore down worker %s', worker_ctx):
+                    if debug:
+                        _log.debug('signalling result for %s', worker_ctx)
+                    self._worker_result(worker_ctx, result, exc_info)
+                    # break the traceback -> frame -> exc_info cycle now
+                    del exc_info
+                    self._worker_teardown(worker_ctx)
+            return error
+        finally:
+            del error  # its traceback holds this frame
 
     def _teardown_abandoned(self, worker_ctx):
         try:

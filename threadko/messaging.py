@@ -29,6 +29,7 @@ from threadko.amqp.publish import SharedProducerPool
 from threadko.constants import CALL_ID_STACK_CONTEXT_KEY, HEADER_PREFIX
 from threadko.exceptions import ContainerBeingKilled
 from threadko.extensions import DependencyProvider, Entrypoint
+from threadko.observability import tracer_for
 from threadko import retry as retries
 
 __all__ = [
@@ -145,6 +146,7 @@ class Publisher(DependencyProvider, HeaderEncoder):
         self.publisher = CorePublisher(
             pool, serializer=serializer, exchange=self.exchange,
             declare=self.declare, **options)
+        self.publisher.tracer = tracer_for(self.container.config)
 
     def get_dependency(self, worker_ctx):
         extra_headers = self.get_message_headers(worker_ctx)
@@ -211,7 +213,8 @@ class Consumer(Entrypoint, HeaderDecoder):
         try:
             self.container.spawn_worker(
                 self, (body,), {}, context_data=context_data,
-                handle_result=handle_result, attempt=attempt)
+                handle_result=handle_result, attempt=attempt,
+                origin=message)
         except ContainerBeingKilled:
             message.requeue()
 

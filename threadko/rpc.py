@@ -46,6 +46,7 @@ from threadko.extensions import (
     DependencyProvider, Entrypoint, ProviderCollector, SharedExtension,
 )
 from threadko.messaging import HeaderDecoder
+from threadko.observability import tracer_for
 from threadko.utils import fork
 from threadko import serialization
 
@@ -415,7 +416,7 @@ class Rpc(Entrypoint, HeaderDecoder):
         try:
             self.container.spawn_worker(
                 self, args, kwargs, context_data=context_data,
-                handle_result=handle_result)
+                handle_result=handle_result, origin=message)
         except ContainerBeingKilled:
             message.requeue()
 
@@ -471,7 +472,8 @@ class PendingReply:
     arrives here too when it is published without waiting (see
     :mod:`threadko.amqp.loop_publish`): a failure wakes the caller."""
 
-    __slots__ = ('_arrived', 'body', 'error', 'publish_error', '_confirmed')
+    __slots__ = ('_arrived', 'body', 'error', 'publish_error', '_confirmed',
+                 'trace')
 
     def __init__(self):
         self._arrived = _Gate()
@@ -479,13 +481,20 @@ class PendingReply:
         self.error = None
         self.publish_error = None
         self._confirmed = None  # a _Gate, for callers that wait for it
+        #: the call's client span when tracing (``finish(error)`` ends it)
+        self.trace = None
 
     def set(self, body):
         self.body = body
+        if self.trace is not None:
+            error = body.get('error') if isinstance(body, dict) else None
+            self.trace.finish(error)
         self._arrived.open()
 
     def fail(self, error):
         self.error = error
+        if self.trace is not None:
+            self.trace.finish(error)
         self._arrived.open()
 
     def published(self, error):
@@ -589,8 +598,10 @@ class RpcReply:
                 # the request was not published: publish it again, or fail
                 self._client.handle_publish_error(
                     pending, self._outgoing, self._service_name)
-        except BaseException:  # e.g. KeyboardInterrupt: stop waiting
+        except BaseException as exc:  # KeyboardInterrupt, say: stop waiting
             self._client.registry.discard(self._correlation_id)
+            if pending.trace is not None:
+                pending.trace.finish(exc)
             raise
         if pending.error is not None:
             raise pending.error
@@ -618,6 +629,9 @@ class RpcClient:
     #: replies go to the parent's reply queue, so the next call runs
     #: :meth:`on_fork` first
     forked = False
+    #: the :class:`~threadko.observability.tracing.Tracing` when tracing
+    #: is on: each call is a client span, its context in the headers
+    tracer = None
 
     def __init__(self, publisher, exchange_name, registry, reply_to,
                  timeout=None, get_loop_publisher=None,
@@ -680,6 +694,9 @@ class RpcClient:
             mandatory=True, reply_to=self.reply_to,
             correlation_id=correlation_id)
         pending = self.registry.register(correlation_id)
+        if self.tracer is not None:
+            pending.trace = self.tracer.rpc_call(
+                outgoing, service_name, method_name)
         try:
             loop_publisher = self.get_loop_publisher()
             if loop_publisher is None or not outgoing.can_publish_on_loop:
@@ -697,8 +714,10 @@ class RpcClient:
                     if pending.publish_error is not None:
                         self.handle_publish_error(
                             pending, outgoing, service_name)
-        except BaseException:
+        except BaseException as exc:
             self.registry.discard(correlation_id)
+            if pending.trace is not None:
+                pending.trace.finish(exc)
             raise
         return RpcReply(pending, self, correlation_id, outgoing,
                         service_name, self.timeout)
@@ -894,6 +913,7 @@ class _RpcDependency(DependencyProvider):
             listener.reply_key, timeout=timeout,
             get_loop_publisher=lambda: listener.queue_consumer.publisher,
             blocked_timeout=publish_blocked_timeout(config))
+        self.client.tracer = tracer_for(config)
         listener.clients.append(self.client)
 
 

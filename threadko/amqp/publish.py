@@ -401,6 +401,11 @@ class Publisher:
         'serializer': DEFAULT_SERIALIZER,
     }
 
+    #: the :class:`~threadko.observability.tracing.Tracing` when tracing
+    #: is on: :meth:`publish` makes a producer span and sends its context
+    #: in the headers
+    tracer = None
+
     def __init__(self, pool, **options):
         self.pool = pool
         self.options = dict(self.defaults)
@@ -415,7 +420,12 @@ class Publisher:
         :raises serialization.EncodeError: the payload cannot be encoded;
             nothing was published
         """
-        self.send(self.prepare(payload, extra_headers, **kwargs))
+        outgoing = self.prepare(payload, extra_headers, **kwargs)
+        if self.tracer is None:
+            self.send(outgoing)
+            return
+        with self.tracer.publishing(outgoing):
+            self.send(outgoing)
 
     def prepare(self, payload, extra_headers=None, **kwargs):
         """Encode ``payload`` with the options, as :meth:`publish` would;

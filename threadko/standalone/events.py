@@ -22,6 +22,7 @@ from threadko.amqp.publish import (
 )
 from threadko.events import get_event_exchange
 from threadko.standalone import client_config
+from threadko.observability import tracer_for
 from threadko import serialization
 
 __all__ = ['event_dispatcher', 'get_event_exchange']
@@ -43,6 +44,7 @@ def event_dispatcher(nameko_config=None, **kwargs):
         Connector(config, heartbeat=0, transport_options=False),
         blocked_timeout=publish_blocked_timeout(config))
     publisher = Publisher(pool, **kwargs)
+    publisher.tracer = tracer_for(config)
 
     def dispatch(service_name, event_type, event_data):
         """Dispatch ``event_data`` as a ``event_type`` event from

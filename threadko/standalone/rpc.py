@@ -32,6 +32,7 @@ from threadko.rpc import (
     ServiceProxy, declare_reply_queue_anew, get_rpc_exchange, reply_queue,
 )
 from threadko.standalone import client_config
+from threadko.observability import tracer_for
 from threadko.utils import fork
 from threadko import serialization
 
@@ -163,6 +164,7 @@ class _ClientBase:
         client.reply_to = reply_key
         client.blocked_timeout = blocked_timeout
         client.get_loop_publisher = lambda: loop.publisher
+        client.tracer = tracer_for(config)
 
         self._thread = threading.Thread(
             target=loop.run, daemon=True,

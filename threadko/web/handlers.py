@@ -146,7 +146,7 @@ class HttpRequestHandler(Entrypoint):
             # the worker here (it still takes a max_workers slot)
             self.container.run_worker(
                 self, args, kwargs, context_data=context_data,
-                handle_result=outcome.handle_result)
+                handle_result=outcome.handle_result, origin=request)
             response = self.response_from_result(outcome.get())
         except Exception as exc:
             response = self.response_from_exception(exc)

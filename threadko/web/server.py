@@ -26,6 +26,7 @@ from werkzeug.wrappers import Request
 from threadko.constants import WEB_SERVER_CONFIG_KEY
 from threadko.exceptions import ConfigurationError
 from threadko.extensions import ProviderCollector, SharedExtension
+from threadko.observability import http_observers
 from threadko.web.front import (  # noqa: F401 (importable from here too)
     DEFAULT_MAX_REQUEST_BODY_SIZE, DEFAULT_STOP_TIMEOUT,
     MAX_REQUEST_BODY_SIZE_CONFIG_KEY, STOP_TIMEOUT_CONFIG_KEY, FrontServer,
@@ -66,6 +67,22 @@ class Router:
         self._lock = threading.Lock()
         self._providers = []
         self._url_map = Map()
+        #: see :meth:`observe`
+        self.observers = ()
+
+    def observe(self, observers):
+        """Tell ``observers`` (metrics, tracing; see
+        :func:`threadko.observability.http_observers`) about every request
+        from now on: ``token = observer.request_started(request)`` before
+        routing, ``observer.request_finished(token, request, rule,
+        response, error)`` once the response is made (``rule``: the
+        werkzeug ``Rule`` matched, or None; ``error``: an exception that
+        escaped, the response is None then). Adding one twice does
+        nothing."""
+        with self._lock:
+            self.observers = self.observers + tuple(
+                observer for observer in observers
+                if observer not in self.observers)
 
     def add(self, providers):
         """Route to ``providers`` too.
@@ -100,6 +117,9 @@ class Router:
 
     def __call__(self, environ, start_response):
         request = Request(environ)
+        if self.observers:
+            response = self._observed(request, environ)
+            return response(environ, start_response)
         try:
             self._check_size(request)
             # the map is replaced, never mutated: no lock on the hot path
@@ -110,6 +130,30 @@ class Router:
         except HTTPException as exc:
             response = exc
         return response(environ, start_response)
+
+    def _observed(self, request, environ):
+        """Route ``request`` as :meth:`__call__` does, between the
+        observers' two calls."""
+        started = [(observer, observer.request_started(request))
+                   for observer in self.observers]
+        rule = response = error = None
+        try:
+            self._check_size(request)
+            adapter = self._url_map.bind_to_environ(environ)
+            rule, values = adapter.match(return_rule=True)
+            request.path_values = values
+            response = rule.endpoint.handle_request(request)
+        except HTTPException as exc:
+            response = exc.get_response(environ)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            for observer, token in reversed(started):
+                observer.request_finished(
+                    token, request, rule, response, error)
+            del error
+        return response
 
     def _check_size(self, request):
         limit = self.max_request_body_size
@@ -227,6 +271,7 @@ class WebServer(ProviderCollector, SharedExtension):
         except ConfigurationError:
             site.release(self, timeout=0)
             raise
+        site.router.observe(http_observers(self.container.config))
         # entrypoints unregister before this extension stops: remember
         # what to take out of the router then
         self._routed = providers

@@ -23,6 +23,7 @@ import threading
 
 from threadko.configuration import config as global_config
 from threadko.constants import WEB_SERVER_CONFIG_KEY
+from threadko.observability import http_observers
 from threadko.runners import ServiceRunner
 from threadko.utils import fork
 from threadko.web.handlers import HttpRequestHandler
@@ -51,6 +52,8 @@ def wsgi_app(*containers, max_request_body_size=DEFAULT_MAX_REQUEST_BODY_SIZE):
                     else runner_containers)
     router = Router(max_request_body_size)
     router.add(_http_entrypoints(flat))
+    for container in flat:
+        router.observe(http_observers(container.config))
     return router
 
 
