@@ -22,6 +22,8 @@ The core calls the hooks defined here; the modules behind them
 their config key is set.
 """
 
+import re
+
 from threadko.exceptions import ConfigurationError
 
 #: ``"[host:]port"``: serve metrics and health probes there
@@ -44,6 +46,37 @@ class WorkerInstrument:
     def worker_finished(self, worker_ctx, token, error):
         """:param error: the exception the service method raised (or the
             lifecycle, when an extension failed); None on success"""
+
+
+#: the entrypoint kinds of threadko's own entrypoints, by class
+_KINDS = {
+    'threadko.rpc.Rpc': 'rpc',
+    'threadko.events.EventHandler': 'event_handler',
+    'threadko.messaging.Consumer': 'consume',
+    'threadko.web.handlers.HttpRequestHandler': 'http',
+    'threadko.web.websocket.WebSocketRpc': 'websocket_rpc',
+    'threadko.timer.Timer': 'timer',
+}
+_kind_of_class = {}
+
+
+def entrypoint_kind(entrypoint):
+    """The kind of ``entrypoint`` as metrics, spans and logs name it:
+    ``rpc``, ``event_handler``, ``consume``, ``http``, ``websocket_rpc``
+    or ``timer`` for threadko's entrypoints and their subclasses, the
+    class name in snake case for any other (``MyEntrypoint`` ->
+    ``my_entrypoint``)."""
+    cls = type(entrypoint)
+    kind = _kind_of_class.get(cls)
+    if kind is None:
+        for base in cls.__mro__:
+            kind = _KINDS.get('{}.{}'.format(base.__module__, base.__name__))
+            if kind is not None:
+                break
+        else:
+            kind = re.sub(r'(?<!^)(?=[A-Z])', '_', cls.__name__).lower()
+        _kind_of_class[cls] = kind
+    return kind
 
 
 def metrics_address(config):
