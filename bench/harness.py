@@ -55,16 +55,21 @@ SCENARIOS = ('rpc_seq', 'rpc_par', 'rpc_scaleout', 'events', 'http',
              'blocking_db', 'sqlalchemy_db', 'footprint', 'ws_rpc',
              'ws_fanout')
 AMQP_TARGETS = ('threadko', 'nameko', 'raw_pika')
+#: threadko with metrics (METRICS_ADDRESS) and tracing (TRACING, spans to
+#: the OpenTelemetry SDK) on, beside the default threadko: rpc_seq and http
+OBSERVED = 'threadko_observed'
+RPC_SEQ_TARGETS = ('threadko', OBSERVED, 'nameko', 'raw_pika')
 SCALEOUT_TARGETS = ('threadko', 'nameko')
 #: rpc_scaleout: the service processes on the queue, one measurement each
 SCALEOUT_INSTANCES = (1, 2, 4)
-HTTP_TARGETS = ('threadko', 'nameko', 'waitress')
+HTTP_TARGETS = ('threadko', OBSERVED, 'nameko', 'waitress')
 DB_TARGETS = ('threadko', 'nameko')
 WS_TARGETS = ('threadko', 'nameko')
 #: the websocket load generator (both targets'): threadko's virtualenv
 WS_LOADGEN = 'ws_client.py'
 PEER_FILES = {
     'threadko': 'threadko_peer.py',
+    OBSERVED: 'threadko_peer.py',  # with --observe
     'nameko': 'nameko_peer.py',
     'raw_pika': 'raw_pika_peer.py',
     'waitress': 'waitress_peer.py',
@@ -77,6 +82,9 @@ STOP_TIMEOUT = 30  # seconds for a server to exit after SIGTERM
 HTTP_WARM_UP = 1  # seconds of load before each measured HTTP run
 WS_WARM_UP = 1  # seconds of ws_rpc load before each measured run
 THREADKO_WEB_THREADS = 12  # threadko's default: max_workers (10) + 2
+#: the observed server's counter of entrypoint calls, read from /metrics
+OBSERVED_CALLS_METRIC = 'threadko_entrypoint_calls_total'
+OBSERVED_SCRAPE_TIMEOUT = 10  # seconds for /metrics to count every call
 
 
 class BenchError(Exception):
@@ -187,6 +195,7 @@ class Bench:
         self.workdir = Path(workdir)
         self.pythons = {
             'threadko': sys.executable,
+            OBSERVED: sys.executable,
             'raw_pika': sys.executable,
             'waitress': sys.executable,
         }
@@ -199,17 +208,28 @@ class Bench:
     # processes
 
     def _argv(self, target, role, scenario, *extra):
-        return [self.pythons[target], PEER_FILES[target], role, scenario,
+        argv = [self.pythons[target], PEER_FILES[target], role, scenario,
                 '--uri', self.args.uri] + list(extra)
+        if target == OBSERVED:
+            argv.append('--observe')
+        return argv
 
     def _label(self, target, role, scenario):
         self._counter += 1
         return '{:03d}-{}-{}-{}'.format(self._counter, scenario, target, role)
 
     def server(self, target, scenario, *extra):
+        """The ``serve`` peer, once it says READY. The observed target's
+        server serves its metrics on a free port: ``peer.metrics_url``."""
+        metrics_url = None
+        if target == OBSERVED:
+            address = '127.0.0.1:{}'.format(free_port())
+            metrics_url = 'http://{}/metrics'.format(address)
+            extra += ('--metrics-address', address)
         peer = Peer(self._label(target, 'server', scenario),
                     self._argv(target, 'serve', scenario, *extra),
                     self.workdir)
+        peer.metrics_url = metrics_url
         try:
             peer.expect('READY', START_TIMEOUT)
         except BaseException:
@@ -244,21 +264,29 @@ class Bench:
                     self.errors.append({'scenario': key, 'target': target,
                                         'round': number + 1,
                                         'error': str(exc)})
-                    print('  {:<22} {:<9} round {}: FAILED: {}'.format(
+                    print('  {:<22} {:<17} round {}: FAILED: {}'.format(
                         key, target, number + 1,
                         str(exc).splitlines()[0]), flush=True)
                     continue
                 entry['targets'][target]['runs'].append(result)
-                print('  {:<22} {:<9} round {}: {}'.format(
+                print('  {:<22} {:<17} round {}: {}'.format(
                     key, target, number + 1, _brief(result)), flush=True)
 
     # scenarios
 
     def rpc_seq(self, target):
-        with running(self.server(target, 'rpc_seq')):
-            return self.client_result(
+        with running(self.server(target, 'rpc_seq')) as server:
+            result = self.client_result(
                 target, 'rpc_seq', '--calls', self.args.calls,
                 '--warmup', self.args.warmup)
+            if target == OBSERVED:
+                if not result.get('client_spans'):
+                    raise BenchError('the observed client exported no '
+                                     'spans: was tracing on?')
+                # and the first call that answered, at least
+                self.observed(server, result,
+                              self.args.warmup + result['calls'] + 1)
+            return result
 
     def rpc_par(self, target):
         with running(self.server(target, 'rpc_par')):
@@ -327,10 +355,46 @@ class Bench:
     def http(self, target):
         port = free_port()
         address = '127.0.0.1:{}'.format(port)
-        with running(self.server(target, 'http', '--web-address', address)):
+        with running(self.server(target, 'http', '--web-address',
+                                 address)) as server:
             url = _Url('http://{}/hello'.format(address))
             self.loadgen.run(url, HTTP_WARM_UP)
-            return self.loadgen.run(url, self.args.http_seconds)
+            result = self.loadgen.run(url, self.args.http_seconds)
+            if target == OBSERVED:
+                self.observed(server, result, result['requests'])
+            return result
+
+    def observed(self, server, result, calls):
+        """After a measured run of the observed target: the proof that
+        metrics and tracing were on, added to ``result``. Scrapes the
+        server's ``/metrics`` until :data:`OBSERVED_CALLS_METRIC` counts
+        at least ``calls`` (``entrypoint_calls``), then stops the server
+        and reads the spans it exported (``server_spans``, and
+        ``server_span_kinds``). BenchError if either is missing."""
+        deadline = time.monotonic() + OBSERVED_SCRAPE_TIMEOUT
+        while True:
+            counted = scrape_calls(server.metrics_url)
+            if counted is not None and counted >= calls:
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    '{} at {} counts {} entrypoint calls, not the {} '
+                    'made'.format(OBSERVED_CALLS_METRIC, server.metrics_url,
+                                  'no' if counted is None else counted,
+                                  calls))
+            time.sleep(0.1)  # the last workers are finishing; not timed
+        result['entrypoint_calls'] = counted
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            spans = json.loads(server.read_line(STOP_TIMEOUT))
+        except ValueError:
+            raise BenchError('the observed server did not report its '
+                             'spans' + server.log_tail())
+        server.stop(signum=None)
+        if not spans.get('server_spans'):
+            raise BenchError('the observed server exported no spans: was '
+                             'tracing on?')
+        result.update(spans)
 
     def blocking_db(self, database, target):
         dsn = json.dumps(database.dsn)
@@ -424,6 +488,8 @@ class Bench:
             try:
                 if scenario == 'http':
                     self.measure('http', HTTP_TARGETS, self.http)
+                elif scenario == 'rpc_seq':
+                    self.measure(scenario, RPC_SEQ_TARGETS, self.rpc_seq)
                 elif scenario == 'blocking_db':
                     self.run_blocking_db()
                 elif scenario == 'sqlalchemy_db':
@@ -526,11 +592,13 @@ def _brief(result):
     for name in ('calls_per_s', 'events_per_s', 'requests_per_s', 'p50_ms',
                  'p99_ms', 'concurrency', 'wall_s', 'startup_s', 'rss_mib',
                  'fanout_ms', 'threads_few', 'threads_many', 'rss_many_mib',
-                 'server_cpu_share', 'client_cpu_share') + tuple(
+                 'server_cpu_share', 'client_cpu_share', 'entrypoint_calls',
+                 'server_spans', 'client_spans') + tuple(
                      scaleout_key('calls_per_s', instances)
                      for instances in SCALEOUT_INSTANCES) + ('scaling',):
         if name in result:
-            shown.append('{} {:,.2f}'.format(name, result[name]))
+            shown.append('{} {:,{}}'.format(name, result[name], 'd' if (
+                isinstance(result[name], int)) else '.2f'))
     return '  '.join(shown)
 
 
@@ -563,6 +631,33 @@ def create_sqlalchemy_table(db_url):
                 for number in range(SQLALCHEMY_ROWS)])
     finally:
         engine.dispose()
+
+
+def scrape_calls(url):
+    """The sum of :data:`OBSERVED_CALLS_METRIC` over its labels in the
+    Prometheus text at ``url`` (parsed by prometheus_client's parser);
+    None if the page has no such sample. BenchError if it cannot be
+    read or parsed."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        return calls_counted(text)
+    except (OSError, ValueError) as exc:
+        raise BenchError('cannot scrape {}: {!r}'.format(url, exc))
+
+
+def calls_counted(text):
+    """The sum of :data:`OBSERVED_CALLS_METRIC`'s samples in ``text``
+    (Prometheus text), None if it has none."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = [sample.value
+              for family in text_string_to_metric_families(text)
+              for sample in family.samples
+              if sample.name == OBSERVED_CALLS_METRIC]
+    return int(sum(values)) if values else None
 
 
 def free_port():
@@ -628,6 +723,11 @@ def describe_machine(bench):
     if 'sqlalchemy_db' in bench.args.scenarios:
         with contextlib.suppress(PackageNotFoundError):
             machine['sqlalchemy'] = dist_version('SQLAlchemy')
+    if OBSERVED in bench.args.targets and {'rpc_seq', 'http'} & set(
+            bench.args.scenarios):
+        for dist in ('opentelemetry-sdk', 'prometheus_client'):
+            with contextlib.suppress(PackageNotFoundError):
+                machine[dist.replace('-', '_')] = dist_version(dist)
     if 'nameko' in bench.pythons:
         found = subprocess.run(
             [bench.pythons['nameko'], '-c',
@@ -686,7 +786,7 @@ def parse_args(argv=None):
                             SCENARIOS))
     parser.add_argument('--targets', type=_names(
         sorted(set(AMQP_TARGETS + HTTP_TARGETS))),
-        default=list(AMQP_TARGETS + ('waitress',)))
+        default=list(AMQP_TARGETS + (OBSERVED, 'waitress')))
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--calls', type=int, default=2000)
     parser.add_argument('--warmup', type=int, default=200)

@@ -20,8 +20,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MD = os.path.join(REPO_ROOT, 'docs', 'benchmarks.md')
 DEFAULT_PNG = os.path.join(REPO_ROOT, 'docs', '_static', 'benchmarks.png')
 
+OBSERVED = 'threadko_observed'  # threadko with metrics and tracing on
 TARGET_NAMES = {
     'threadko': 'threadko',
+    OBSERVED: 'threadko observed',
     'nameko': 'Nameko',
     'raw_pika': 'raw pika',
     'waitress': 'bare waitress',
@@ -88,7 +90,8 @@ SCALEOUT_CPU = (_per_instances('server_cpu_share', 'CPU/process')
                 + _per_instances('client_cpu_share', 'client CPU'))
 
 SCENARIOS = (
-    Scenario('rpc_seq', 'RPC, sequential calls', AMQP_TARGETS,
+    Scenario('rpc_seq', 'RPC, sequential calls',
+             ('threadko', OBSERVED, 'nameko', 'raw_pika'),
              (CALLS, P50, P99),
              (Ratio('calls_per_s', 'raw_pika', '\u00d7 raw pika'),
               Ratio('calls_per_s', 'nameko', '\u00d7 Nameko')),
@@ -114,7 +117,7 @@ SCENARIOS = (
              (Ratio('events_per_s', 'raw_pika', '\u00d7 raw pika'),
               Ratio('events_per_s', 'nameko', '\u00d7 Nameko')),
              ('events_per_s',)),
-    Scenario('http', 'HTTP', ('threadko', 'nameko', 'waitress'),
+    Scenario('http', 'HTTP', ('threadko', OBSERVED, 'nameko', 'waitress'),
              (Metric('requests_per_s', 'req/s'), P50, P99,
               Metric('errors', 'errors', lower_is_better=True,
                      summary='sum')),
@@ -160,6 +163,22 @@ SCENARIOS = (
 )
 SCENARIO_BY_KEY = {scenario.key: scenario for scenario in SCENARIOS}
 
+#: the overhead of metrics and tracing: these metrics of each scenario,
+#: threadko observed against threadko
+OVERHEAD = (
+    ('rpc_seq', ('calls_per_s', 'p50_ms', 'p99_ms')),
+    ('http', ('requests_per_s', 'p50_ms', 'p99_ms')),
+)
+#: what proves that the observed target's metrics and tracing were on
+#: (its runs' fields, filled in by bench/harness.py)
+OVERHEAD_PROOF = (
+    Metric('entrypoint_calls', 'calls counted at /metrics'),
+    Metric('server_spans', 'spans: server'),
+    Metric('client_spans', 'spans: client'),
+)
+#: the most the observed target may be slower: the issue's 10%
+OVERHEAD_THROUGHPUT, OVERHEAD_LATENCY = 0.9, 1.1
+
 
 class Target(NamedTuple):
     """A target of the issue: ``target``'s median ``metric`` in
@@ -194,6 +213,14 @@ TARGETS = (
     # threads flat: no more with all the websockets than with a few
     Target('ws_fanout', 'threads_many', 'threadko', 'threadko', 1.0, '<=',
            against_metric='threads_few'),
+    # metrics and tracing on: at most 10% slower than off
+    Target('rpc_seq', 'calls_per_s', OBSERVED, 'threadko',
+           OVERHEAD_THROUGHPUT, '>='),
+    Target('rpc_seq', 'p50_ms', OBSERVED, 'threadko', OVERHEAD_LATENCY,
+           '<='),
+    Target('http', 'requests_per_s', OBSERVED, 'threadko',
+           OVERHEAD_THROUGHPUT, '>='),
+    Target('http', 'p50_ms', OBSERVED, 'threadko', OVERHEAD_LATENCY, '<='),
 )
 
 HOW_MEASURED = (
@@ -259,6 +286,27 @@ HOW_MEASURED = (
      "per-call latency. MySQLdb blocks the OS thread it runs on, so "
      "Nameko's workers, greenthreads of one thread, take turns in the "
      "database; threadko's run on threads of their own."),
+    ('threadko observed',
+     'The threadko target with metrics and tracing on, measured in '
+     'rpc_seq and http in the same rounds as threadko (the rotating '
+     'order): METRICS_ADDRESS set (Prometheus metrics and health probes on '
+     'a port of its own) and TRACING true in the service and, for '
+     "rpc_seq, in the standalone client (whose RPC calls are spans too). "
+     "Spans go to OpenTelemetry's SDK, set up as the global tracer "
+     'provider as an application would: a TracerProvider (every span '
+     'sampled) with a BatchSpanProcessor handing the spans to an exporter '
+     'that counts them and drops them. So the overhead measured is '
+     "threadko's instrumentation and the SDK's work, not an exporter's "
+     'network cost, nor a Prometheus server scraping during the run. '
+     'After each measured run the harness scrapes /metrics (again, for up '
+     'to 10 s, until the last workers have finished) and '
+     'threadko_entrypoint_calls_total must count every call made; then the '
+     'service (and the client) report the spans they exported. A run '
+     'without either is a failed run. The targets: at most 10% slower, '
+     'that is calls/s or req/s at least '
+     + '{:g}'.format(OVERHEAD_THROUGHPUT)
+     + " \u00d7 threadko's, and p50 latency at most "
+     + '{:g}'.format(OVERHEAD_LATENCY) + ' \u00d7.'),
     ('footprint',
      "The echo service started with the framework's own run command (raw "
      "pika: its server process): start-up is the time from starting the "
@@ -433,7 +481,9 @@ def _machine_lines(results):
                       ('sqlalchemy', 'SQLAlchemy'),
                       ('nameko_sqlalchemy', 'nameko-sqlalchemy'),
                       ('mariadb', 'MariaDB'), ('postgresql', 'PostgreSQL'),
-                      ('wsproto', 'wsproto')):
+                      ('wsproto', 'wsproto'),
+                      ('opentelemetry_sdk', 'OpenTelemetry SDK'),
+                      ('prometheus_client', 'prometheus_client')):
         if machine.get(key):
             software.append('{} {}'.format(name, machine[key]))
     if machine.get('loadgen'):
@@ -527,6 +577,55 @@ def _scenario_section(results, scenario):
     return lines
 
 
+def _overhead_section(results):
+    """threadko observed against threadko, metric by metric, and what
+    proves that its metrics and tracing were on."""
+    lines = ['### Overhead of metrics and tracing (`{}`)'.format(OBSERVED),
+             '',
+             '{} against {}, measured in the same rounds: its median over '
+             "threadko's; change is how much higher (+) or lower (\u2212) "
+             'it is. The target: at most 10% slower.'.format(
+                 _name(OBSERVED), _name('threadko')), '']
+    rows = []
+    for key, metrics in OVERHEAD:
+        for metric in metrics:
+            value = median(results, key, OBSERVED, metric)
+            reference = median(results, key, 'threadko', metric)
+            ratio = _ratio(value, reference)
+            label = _metric_label(key, metric)
+            lower = any(m.lower_is_better for m in SCENARIO_BY_KEY[
+                key].metrics if m.key == metric)
+            rows.append(('`{}`'.format(key),
+                         label + (' ' + LOWER_MARK if lower else ''),
+                         _num(reference), _num(value), _times(ratio),
+                         _change(ratio)))
+    lines += _table(('scenario', 'metric', _name('threadko'),
+                     _name(OBSERVED), 'ratio', 'change'), rows)
+    lines += ['', 'Proof that they were on: per run of {} (medians), the '
+              'entrypoint calls its service counted at /metrics, and the '
+              'spans the service and the client exported (the HTTP load '
+              'generator is not traced).'.format(_name(OBSERVED)), '']
+    rows = []
+    for key, _ in OVERHEAD:
+        row = ['`{}`'.format(key),
+               len(_runs(results, key, OBSERVED)) or NOT_MEASURED]
+        for metric in OVERHEAD_PROOF:
+            value = median(results, key, OBSERVED, metric.key)
+            row.append('\u2014' if value is None and key == 'http'
+                       and metric.key == 'client_spans' else _num(value))
+        rows.append(row)
+    lines += _table(['scenario', 'runs'] + [
+        metric.label for metric in OVERHEAD_PROOF], rows)
+    return lines
+
+
+def _change(ratio):
+    if ratio is None:
+        return 'n/a'
+    change = (ratio - 1) * 100
+    return '{}{:.1f}%'.format('+' if change >= 0 else '\u2212', abs(change))
+
+
 def _other_scenarios_section(results, key):
     """A scenario this module does not know: every numeric field."""
     lines = ['### `{}`'.format(key), '']
@@ -585,6 +684,7 @@ def markdown(results, image_link='_static/benchmarks.png'):
                   LOWER_MARK)]
     for scenario in SCENARIOS:
         lines += [''] + _scenario_section(results, scenario)
+    lines += [''] + _overhead_section(results)
     for key in (results.get('scenarios') or {}):
         if key not in SCENARIO_BY_KEY:
             lines += [''] + _other_scenarios_section(results, key)
@@ -600,8 +700,10 @@ def markdown(results, image_link='_static/benchmarks.png'):
 
 # the chart
 
-COLOURS = {'threadko': '#2b6cb0', 'nameko': '#dd6b20',
+COLOURS = {'threadko': '#2b6cb0', OBSERVED: '#63b3ed', 'nameko': '#dd6b20',
            'raw_pika': '#718096', 'waitress': '#718096'}
+#: shorter names under the bars, where the table's would not fit
+CHART_NAMES = {OBSERVED: 'threadko\nobserved'}
 OTHER_COLOUR = '#38a169'
 
 
@@ -732,7 +834,7 @@ def _target_axis(axes, targets):
     frame."""
     axes.set_xlim(-0.6, len(targets) - 0.4)
     axes.set_xticks(range(len(targets)))
-    axes.set_xticklabels([_name(t) for t in targets])
+    axes.set_xticklabels([CHART_NAMES.get(t) or _name(t) for t in targets])
     for side in ('top', 'right'):
         axes.spines[side].set_visible(False)
 
@@ -781,8 +883,8 @@ def main(argv=None):
     print('wrote {} and {}'.format(args.md, args.png))
     for row in check_targets(results):
         mark = {True: 'met', False: 'NOT met'}.get(row['met'], 'n/a')
-        print('  {:<18} {:<15} vs {:<20} {} {} {}: {}'.format(
-            row['scenario'], row['metric'], row['against'],
+        print('  {:<18} {:<15} {:<17} vs {:<20} {} {} {}: {}'.format(
+            row['scenario'], row['metric'], row['target'], row['against'],
             _times(row['ratio']), row['direction'], row['required'], mark))
     return 0
 

@@ -172,7 +172,64 @@ def test_the_targets_table_marks_what_is_met_and_what_is_not(results):
     assert http[2:] == ['0.79×', '≥ 0.9×', '❌']
     p99 = _target_row(page, '`http` p99 ms: threadko / Nameko')
     assert p99[2:] == ['0.78×', '≤ 1×', '✅']
-    assert '9 of 14 targets met.' in page
+    assert '11 of 18 targets met.' in page
+
+
+def test_observability_overhead_targets_are_10_percent(results):
+    rows = [row for row in report.check_targets(results)
+            if row['target'] == 'threadko_observed']
+    assert [(row['scenario'], row['metric'], row['against'],
+             row['direction'], row['required'], row['met'])
+            for row in rows] == [
+        ('rpc_seq', 'calls_per_s', 'threadko', '>=', 0.9, True),
+        ('rpc_seq', 'p50_ms', 'threadko', '<=', 1.1, True),
+        ('http', 'requests_per_s', 'threadko', '>=', 0.9, False),
+        ('http', 'p50_ms', 'threadko', '<=', 1.1, False)]
+    # medians of 941.0, 1002.6, 905.3 and of 1012.4, 1087.9, 968.2
+    assert rows[0]['ratio'] == pytest.approx(941.0 / 1012.4)
+    assert rows[2]['ratio'] == pytest.approx(1702.3 / 1939.2)
+
+    page = report.markdown(results)
+
+    assert _target_row(
+        page, '`rpc_seq` calls/s: threadko observed / threadko') == [
+        '`rpc_seq` calls/s: threadko observed / threadko',
+        'threadko observed 941 \u00b7 threadko 1,012', '0.93\u00d7',
+        '\u2265 0.9\u00d7', '\u2705']
+    assert _target_row(page, '`http` p50 ms: threadko observed / threadko')[
+        2:] == ['1.13\u00d7', '\u2264 1.1\u00d7', '\u274c']
+
+
+def test_the_overhead_table_and_its_proof(results):
+    page = report.markdown(results)
+
+    overhead = page.split('### Overhead of metrics and tracing '
+                          '(`threadko_observed`)')[1].split('###')[0]
+    assert '| `rpc_seq` | calls/s | 1,012 | 941 | 0.93\u00d7 | ' \
+        '\u22127.1% |' in overhead
+    assert '| `rpc_seq` | p50 ms \u2193 | 0.92 | 0.99 | 1.08\u00d7 | ' \
+        '+7.6% |' in overhead
+    assert '| `http` | req/s | 1,939 | 1,702 | 0.88\u00d7 | ' \
+        '\u221212.2% |' in overhead
+    # the observed server counted every call and exported a span each
+    assert '| `rpc_seq` | 3 | 2,201 | 2,201 | 2,201 |' in overhead
+    assert '| `http` | 3 | 10,240 | 10,240 | \u2014 |' in overhead
+    # the observed target is a row of both scenarios' tables
+    rpc_seq = page.split('### RPC, sequential calls (`rpc_seq`)')[1]
+    assert '| threadko observed | 3 | 941 | 0.99 | 2.45 |' in (
+        rpc_seq.split('###')[0])
+    assert 'OpenTelemetry SDK 1.45.2' in page
+    assert '**threadko observed.**' in page.split(
+        '## How it was measured')[1]
+
+    # not run: every cell says so, and the targets are n/a
+    for key in ('rpc_seq', 'http'):
+        del results['scenarios'][key]['targets']['threadko_observed']
+    page = report.markdown(results)
+    assert '| `http` | req/s | 1,939 | n/a | n/a | n/a |' in page
+    assert '| threadko observed | not measured |' in page
+    assert _target_row(page, '`http` req/s: threadko observed / threadko')[
+        -1] == 'n/a (not measured)'
 
 
 def test_the_page_has_its_sections_in_order(results):
@@ -182,6 +239,7 @@ def test_the_page_has_its_sections_in_order(results):
              'python -m bench.report <json>', 'AMD EPYC 7B13',
              '## Targets', '### RPC, sequential calls (`rpc_seq`)',
              '### Footprint (`footprint`)',
+             '### Overhead of metrics and tracing',
              '![Benchmark medians per scenario](_static/benchmarks.png)',
              '## How it was measured']
     positions = [page.index(mark) for mark in marks]
@@ -226,8 +284,11 @@ def test_a_missing_scenario_or_target_is_not_measured(results):
 def test_an_empty_results_file_still_renders():
     page = report.markdown({})
 
-    assert '0 of 14 targets met.' in page
+    assert '0 of 18 targets met.' in page
     assert page.count('Not measured in this run.') == len(report.SCENARIOS)
+    overhead = page.split('### Overhead of metrics and tracing')[1]
+    assert '| `rpc_seq` | calls/s | n/a | n/a | n/a | n/a |' in overhead
+    assert '| `http` | not measured | n/a | n/a | \u2014 |' in overhead
 
 
 def test_render_writes_the_page_and_a_deterministic_png(results, tmp_path):

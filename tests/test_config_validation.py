@@ -112,6 +112,9 @@ INVALID = [
     ('WEB_SERVER_STOP_TIMEOUT', 'soon', 'seconds of 0 or more'),
     ('WEB_SERVER_HIDE_ERROR_DETAILS', 'false', 'true or false'),
     ('WEB_SERVER_HIDE_ERROR_DETAILS', 1, 'null means false'),
+    ('METRICS_ADDRESS', 'localhost:metrics', "'[host:]port'"),
+    ('METRICS_ADDRESS', 70000, 'from 0 to 65535'),
+    ('TRACING', 'on', 'true or false'),
     ('WEB_SERVER_CONNECTION_LIMIT', 0, '1 or more'),
     ('WEB_SERVER_CONNECTION_LIMIT', None, '1 or more'),
     ('WEB_SERVER_HEADER_TIMEOUT', 0, 'seconds above 0'),
@@ -220,6 +223,10 @@ VALID = [
     ('WEB_SERVER_HIDE_ERROR_DETAILS', True),
     ('WEB_SERVER_HIDE_ERROR_DETAILS', False),
     ('WEB_SERVER_HIDE_ERROR_DETAILS', None),  # false
+    ('METRICS_ADDRESS', '127.0.0.1:9464'),
+    ('METRICS_ADDRESS', None),  # off
+    ('TRACING', False),
+    ('TRACING', None),  # off
     ('SHUTDOWN_GRACE_PERIOD', 25),
     ('SHUTDOWN_GRACE_PERIOD', None),  # no limit
     ('SHUTDOWN_GRACE_PERIOD', 0),

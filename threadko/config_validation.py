@@ -477,6 +477,9 @@ CHECKS = {
             'retry_expected': boolean,
         }, closed=True), 'means no retries'),
     WEB_SERVER_CONFIG_KEY: _web_server_address,
+    # threadko.observability's
+    'METRICS_ADDRESS': _web_server_address,
+    'TRACING': optional(boolean, 'means off'),
     'WEB_SERVER_MAX_REQUEST_BODY_SIZE': optional(
         whole_number(0), 'means no limit'),
     # HttpSite reads it with int()

@@ -60,18 +60,21 @@ def add_arguments(parser):
     parser.add_argument('--web-address', default='127.0.0.1:8000')
 
 
-def parse_arguments(doc):
+def parse_arguments(doc, more_arguments=None):
     """The peer's command line, described by its module docstring's first
-    paragraph."""
+    paragraph; ``more_arguments(parser)`` adds the peer's own options."""
     parser = argparse.ArgumentParser(description=doc.split('\n\n')[0])
     add_arguments(parser)
+    if more_arguments is not None:
+        more_arguments(parser)
     return parser.parse_args()
 
 
-def run_peer(doc, serve, client):
+def run_peer(doc, serve, client, more_arguments=None):
     """A peer's ``main()``: ``serve(args)`` or ``client(args)``, as the
-    command line says."""
-    args = parse_arguments(doc)
+    command line says (with ``more_arguments``, as
+    :func:`parse_arguments`)."""
+    args = parse_arguments(doc, more_arguments)
     (serve if args.role == 'serve' else client)(args)
 
 
@@ -88,8 +91,17 @@ def raise_open_files_limit():
             pass  # the run fails later, saying which socket it could not open
 
 
+#: functions of no arguments, each returning a dict of fields that
+#: :func:`emit` adds to a client's result (called once the measuring is
+#: done: the observed threadko peer's span counts)
+result_extras = []
+
+
 def emit(result):
-    """Print a client's result: one JSON object on one line."""
+    """Print a client's result: one JSON object on one line, with the
+    fields of :data:`result_extras`."""
+    for extra in result_extras:
+        result.update(extra())
     sys.stdout.write(json.dumps(result) + '\n')
     sys.stdout.flush()
 

@@ -8,6 +8,12 @@
 started, and stops gracefully on SIGTERM. ``client`` measures and prints
 one JSON object on stdout. The ``footprint`` scenario runs this module's
 ``Echo`` with the real ``threadko run``. See ``bench/README.md``.
+
+``--observe`` makes the ``threadko_observed`` target: ``TRACING`` on,
+spans going to the OpenTelemetry SDK (``observed.py``), and for ``serve``
+``METRICS_ADDRESS`` (``--metrics-address``) too. Its client adds the spans
+it exported to its result; its server prints them as one more JSON line
+once it has stopped.
 """
 
 import argparse
@@ -24,11 +30,12 @@ from threadko.standalone.events import event_dispatcher  # noqa: E402
 from threadko.standalone.rpc import ClusterRpcProxy  # noqa: E402
 from threadko.web.handlers import http  # noqa: E402
 
+import common  # noqa: E402
 from common import (  # noqa: E402
     EVENT_TYPE, PAYLOAD, SERVICE, SOURCE_SERVICE, blocking_db_client,
-    concurrent_threads, dispatch_events, echo_client, raise_open_files_limit,
-    run_peer, serve_until_sigterm, sqlalchemy_code, sqlalchemy_db_client,
-    threaded_loop, threaded_loop_timed)
+    concurrent_threads, dispatch_events, echo_client, emit,
+    raise_open_files_limit, run_peer, serve_until_sigterm, sqlalchemy_code,
+    sqlalchemy_db_client, threaded_loop, threaded_loop_timed)
 from services import (  # noqa: E402
     DB_SERVICE, SQLALCHEMY_SERVICE, service_for, sqlalchemy_config)
 
@@ -37,8 +44,35 @@ Echo = service_for(argparse.Namespace(scenario='rpc_seq'), rpc, http,
                    event_handler, DependencyProvider)
 
 
+def more_arguments(parser):
+    parser.add_argument('--observe', action='store_true',
+                        help='the threadko_observed target: TRACING on, '
+                             'spans going to the OpenTelemetry SDK (serve: '
+                             'METRICS_ADDRESS too)')
+    parser.add_argument('--metrics-address', default=None,
+                        help='serve --observe: METRICS_ADDRESS, '
+                             '"[host:]port"')
+
+
+def observe(args, config):
+    """With ``--observe``: the OpenTelemetry SDK set up (an
+    :class:`observed.Observed`, imported only then) and ``config`` with
+    ``TRACING`` on and, for ``serve``, ``METRICS_ADDRESS``; else None."""
+    if not args.observe:
+        return None
+    from observed import Observed
+
+    config['TRACING'] = True
+    if args.role == 'serve':
+        if not args.metrics_address:
+            raise SystemExit('serve --observe needs --metrics-address')
+        config['METRICS_ADDRESS'] = args.metrics_address
+    return Observed()
+
+
 def serve(args):
     config = {'AMQP_URI': args.uri, 'WEB_SERVER_ADDRESS': args.web_address}
+    observed = observe(args, config)
     DatabaseSession = None
     if args.scenario == 'sqlalchemy_db':
         # only here: no other scenario (footprint's RSS) loads SQLAlchemy
@@ -55,10 +89,16 @@ def serve(args):
         args, rpc, http, event_handler, DependencyProvider, DatabaseSession,
         websocket))
     serve_until_sigterm(runner.start, runner.stop)
+    if observed is not None:
+        emit(observed.spans('server'))
+        observed.shutdown()
 
 
 def client(args):
     config = {'AMQP_URI': args.uri}
+    observed = observe(args, config)
+    if observed is not None:
+        common.result_extras.append(lambda: observed.spans('client'))
     if args.scenario == 'events':
         dispatch = event_dispatcher(config)
         try:
@@ -89,7 +129,7 @@ def client(args):
 
 
 def main():
-    run_peer(__doc__, serve, client)
+    run_peer(__doc__, serve, client, more_arguments)
 
 
 if __name__ == '__main__':

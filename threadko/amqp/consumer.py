@@ -14,6 +14,11 @@ prefetch counts.
 When the connection is lost, the consumer thread reconnects with back-off,
 redeclares and resumes. Acks for deliveries of the lost connection are
 dropped, because the broker has already requeued those messages.
+
+For metrics, the consumer thread keeps plain counters (it is their only
+writer; a scrape reads them): deliveries, redeliveries and unacked
+deliveries per queue (:class:`QueueStats`), and the loop's successful
+connections (:attr:`ConsumerLoop.connections`).
 """
 
 import logging
@@ -91,6 +96,26 @@ def basic_consume(channel, queue, on_message, auto_ack=False):
     return tag
 
 
+class QueueStats:
+    """What the consumer thread counted for one provider's queue, read by
+    metrics at scrape time. Only the consumer thread writes these."""
+
+    __slots__ = ('queue', 'deliveries', 'redeliveries', 'unacked',
+                 'connection')
+
+    def __init__(self, queue, connection):
+        #: the queue's name
+        self.queue = queue
+        #: messages delivered, over every connection
+        self.deliveries = 0
+        #: of which the broker flagged as redelivered
+        self.redeliveries = 0
+        #: delivered on the current connection and not yet settled
+        self.unacked = 0
+        # the connection ``unacked`` counts for
+        self.connection = connection
+
+
 class Message:
     """One delivery, as handed to a provider's ``handle_message``.
 
@@ -100,10 +125,10 @@ class Message:
     """
 
     __slots__ = ('_consumer_thread', 'connection', 'channel', 'method',
-                 'properties', 'body', '_settled', '_run_in_poll')
+                 'properties', 'body', '_settled', '_run_in_poll', '_stats')
 
     def __init__(self, consumer_thread, connection, channel, method,
-                 properties, body, run_in_poll=None):
+                 properties, body, run_in_poll=None, stats=None):
         self._consumer_thread = consumer_thread
         self.connection = connection
         self.channel = channel
@@ -114,6 +139,8 @@ class Message:
         # hands a settle to the consumer thread more cheaply than
         # add_callback_threadsafe (LoopPublisher.run_in_poll)
         self._run_in_poll = run_in_poll
+        # the QueueStats whose ``unacked`` settling decrements
+        self._stats = stats
 
     @property
     def headers(self):
@@ -184,6 +211,10 @@ class Message:
                     self.delivery_tag, requeue=(action == 'requeue'))
         except (pika.exceptions.AMQPError,) + CONNECTION_ERRORS:
             _log.debug('could not %s %s', action, self, exc_info=True)
+            return
+        stats = self._stats
+        if stats is not None and stats.connection is self.connection:
+            stats.unacked -= 1
 
     def __repr__(self):
         return '<Message {} #{}>'.format(
@@ -221,6 +252,9 @@ class ConsumerLoop:
         # clients would rather fail than wait forever for a broker
         self.give_up_first_connect = give_up_first_connect
         self.connection = None  # for other threads' call_soon
+        #: how many connections consumed so far (the first, and every
+        #: reconnection); only the loop's thread writes it
+        self.connections = 0
         #: publishes on this loop's connection (see loop_publish)
         self.publisher = LoopPublisher(self)
         self._stopping = threading.Event()
@@ -325,6 +359,7 @@ class ConsumerLoop:
         self.on_connect(connection, channel)
         # from now on other threads may send callbacks to this connection
         self.connection = connection
+        self.connections += 1
         self.publisher.attach(connection)
         self._ready.succeed()
         while not self._stopping.is_set():
@@ -348,6 +383,11 @@ class ConsumerLoop:
                 return
             connection.process_data_events(
                 time_limit=min(remaining, POLL_INTERVAL))
+
+    @property
+    def reconnects(self):
+        """How many times a lost connection was replaced."""
+        return max(0, self.connections - 1)
 
     @property
     def has_connected(self):
@@ -440,7 +480,14 @@ class QueueConsumer(ProviderCollector, SharedExtension):
     - optionally ``consume_on_consumer_thread = True``: run
       ``handle_message`` on the consumer thread itself; only for handlers
       that never block (the RPC reply listener).
+
+    Metrics read :attr:`connected`, :attr:`reconnects`,
+    :meth:`queue_stats` and :attr:`waiting` at scrape time.
     """
+
+    #: ``fn(seconds)`` called with each confirm latency of the consumer
+    #: connection's :attr:`publisher`, or None (set before :meth:`start`)
+    observe_confirm = None
 
     def __init__(self):
         super().__init__()
@@ -455,6 +502,10 @@ class QueueConsumer(ProviderCollector, SharedExtension):
         self._consumer_tags = {}
         # providers to consume again, and when: {provider: (due, back-off)}
         self._resume_at = {}
+        # provider -> QueueStats; the consumer thread replaces the dict
+        # rather than change it, so that a scrape can read it any time
+        self._queue_stats = {}
+        self._dispatch_queue = None
 
     def setup(self):
         config = self.container.config
@@ -477,6 +528,8 @@ class QueueConsumer(ProviderCollector, SharedExtension):
                 self.connector, self._on_connect,
                 'service {}'.format(self.container.service_name),
                 on_poll=self._resume_consumers)
+            self._loop.publisher.observe_confirm = self.observe_confirm
+            self._queue_stats = {}
             self._dispatch_queue = queue.SimpleQueue()
             self._dispatcher_thread = self.container.spawn_managed_thread(
                 self._run_dispatcher, identifier='amqp-dispatcher')
@@ -523,6 +576,35 @@ class QueueConsumer(ProviderCollector, SharedExtension):
         loop = self._loop
         return loop.publisher if loop is not None else None
 
+    # -- what metrics and health probes read (any thread) --------------------
+
+    @property
+    def connected(self):
+        """Whether the consumer connection is up and consuming."""
+        loop = self._loop
+        return loop is not None and loop.connection is not None
+
+    @property
+    def reconnects(self):
+        """How many times the consumer connection was lost and replaced
+        since :meth:`start`."""
+        loop = self._loop
+        return loop.reconnects if loop is not None else 0
+
+    def queue_stats(self):
+        """The :class:`QueueStats` of every queue consumed since
+        :meth:`start` (a snapshot of the list; the counts go on
+        changing)."""
+        return list(self._queue_stats.values())
+
+    @property
+    def waiting(self):
+        """Deliveries waiting in the dispatcher thread's queue for a free
+        worker (the one the dispatcher holds is not counted: it waits
+        in the container's worker slots)."""
+        dispatch_queue = self._dispatch_queue
+        return dispatch_queue.qsize() if dispatch_queue is not None else 0
+
     # -- providers ---------------------------------------------------------
 
     def register_provider(self, provider):
@@ -555,6 +637,10 @@ class QueueConsumer(ProviderCollector, SharedExtension):
         self._declare_channel = None
         self._consumer_tags = {}
         self._resume_at = {}
+        for stats in self._queue_stats.values():
+            # the broker requeued what the lost connection had unacked
+            stats.connection = connection
+            stats.unacked = 0
         channel.add_on_cancel_callback(self._on_cancelled_by_broker)
         providers = self.providers
         for provider in providers:
@@ -577,9 +663,13 @@ class QueueConsumer(ProviderCollector, SharedExtension):
             return
         channel.basic_qos(prefetch_count=getattr(
             provider, 'prefetch_count', None) or self.prefetch_count)
+        stats = self._queue_stats.get(provider)
+        if stats is None:
+            stats = QueueStats(provider.queue.name, self._live_connection)
+            self._queue_stats = {**self._queue_stats, provider: stats}
         self._consumer_tags[provider] = basic_consume(
             channel, provider.queue.name,
-            partial(self._on_message, provider))
+            partial(self._on_message, provider, stats))
         self._resume_at.pop(provider, None)
 
     def _declare(self, queue):
@@ -639,10 +729,15 @@ class QueueConsumer(ProviderCollector, SharedExtension):
         if tag is not None and self._channel.is_open:
             self._channel.basic_cancel(tag)
 
-    def _on_message(self, provider, channel, method, properties, body):
+    def _on_message(self, provider, stats, channel, method, properties,
+                    body):
+        stats.deliveries += 1
+        if method.redelivered:
+            stats.redeliveries += 1
+        stats.unacked += 1
         message = Message(self.consumer_thread, self._live_connection,
                           channel, method, properties, body,
-                          self._loop.publisher.run_in_poll)
+                          self._loop.publisher.run_in_poll, stats)
         if not self._is_registered(provider):
             message.requeue()
         elif getattr(provider, 'consume_on_consumer_thread', False):

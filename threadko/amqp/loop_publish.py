@@ -38,6 +38,11 @@ it) gives up after that many seconds of blocking with
 :class:`~threadko.exceptions.PublishBlocked`; a message without one (a
 reply: its request stays unacked meanwhile) waits for the alarm to clear.
 Warnings are logged when blocking starts and ends.
+
+For metrics, the loop's thread counts the messages the broker returned
+(:attr:`LoopPublisher.returns`) and nacked (:attr:`LoopPublisher.nacks`),
+and, when :attr:`LoopPublisher.observe_confirm` is set, reports how long
+each confirm took.
 """
 
 import logging
@@ -79,6 +84,10 @@ class LoopPublisher:
     and connection stayed in the parent).
     """
 
+    #: ``fn(seconds)``, called on the loop's thread with the time from
+    #: publishing each message to its confirm (or nack), or None
+    observe_confirm = None
+
     def __init__(self, loop):
         self._loop = loop
         self._lock = threading.Lock()
@@ -94,6 +103,10 @@ class LoopPublisher:
         self._blocked = None
         self._blocked_since = None
         self._expiry_timer = None
+        #: messages the broker returned as unroutable (mandatory ones)
+        #: and refused (nacked); only the loop's thread counts them
+        self.returns = 0
+        self.nacks = 0
         fork.register(self)
 
     def _after_fork_in_child(self):
@@ -343,9 +356,9 @@ class LoopPublisher:
 
     def _open_channel(self):
         if isinstance(self._connection, pika.BlockingConnection):
-            self._channel = _PikaConfirmChannel(self._connection)
+            self._channel = _PikaConfirmChannel(self._connection, self)
         else:
-            self._channel = _SyncConfirmChannel(self._connection)
+            self._channel = _SyncConfirmChannel(self._connection, self)
         return self._channel
 
 
@@ -401,7 +414,7 @@ class _Waker:
 class _Outgoing:
     __slots__ = ('exchange', 'routing_key', 'body', 'properties',
                  'mandatory', 'on_done', 'returned', 'blocked_timeout',
-                 'deadline')
+                 'deadline', 'published_at')
 
     def __init__(self, exchange, routing_key, body, properties, mandatory,
                  on_done, blocked_timeout=None):
@@ -414,6 +427,7 @@ class _Outgoing:
         self.returned = False
         self.blocked_timeout = blocked_timeout
         self.deadline = None  # set while the connection is blocked
+        self.published_at = None  # when confirm latency is observed
 
     def hold(self, now):
         """The connection is blocked: the message gives up
@@ -442,7 +456,8 @@ class _PikaConfirmChannel:
     publishing does not wait, confirms arrive as callbacks (RabbitMQ sends
     a message's ``basic.return`` before its ``basic.ack``)."""
 
-    def __init__(self, connection):
+    def __init__(self, connection, publisher):
+        self._publisher = publisher  # counts returns and nacks
         self._blocking = connection.channel()  # opening may block briefly
         self._impl = impl = self._blocking._impl
         self._unconfirmed = {}  # delivery tag -> _Outgoing
@@ -455,10 +470,14 @@ class _PikaConfirmChannel:
 
     def publish(self, messages):
         impl = self._impl
+        # one clock reading for the batch, and only for metrics
+        now = (time.monotonic()
+               if self._publisher.observe_confirm is not None else None)
         for message in messages:
             if self.closed is not None:
                 message.done(self.closed)
                 continue
+            message.published_at = now
             try:
                 impl.basic_publish(
                     message.exchange, message.routing_key, message.body,
@@ -494,6 +513,7 @@ class _PikaConfirmChannel:
         return messages
 
     def _on_return(self, channel, method, properties, body):
+        self._publisher.returns += 1
         message = self._returnable.get(properties.correlation_id)
         if message is not None:
             message.returned = True
@@ -507,10 +527,16 @@ class _PikaConfirmChannel:
             tags = [t for t in self._unconfirmed if t <= tag]
         else:
             tags = [tag]
+        observe = self._publisher.observe_confirm
+        now = time.monotonic() if observe is not None else None
         for tag in tags:
             message = self._unconfirmed.pop(tag, None)
             if message is None:
                 continue
+            if error is not None:
+                self._publisher.nacks += 1
+            if now is not None and message.published_at is not None:
+                observe(now - message.published_at)
             if message.mandatory:
                 self._returnable.pop(message.properties.correlation_id, None)
             if message.returned and error is None:
@@ -538,20 +564,27 @@ class _SyncConfirmChannel:
     """The same for a connection without an asynchronous core (the
     in-process broker): each publish is confirmed as it is made."""
 
-    def __init__(self, connection):
+    def __init__(self, connection, publisher):
+        self._publisher = publisher  # counts returns and nacks
         self._channel = connection.channel()
         self._channel.confirm_delivery()
         self.closed = None
 
     def publish(self, messages):
         channel = self._channel
+        observe = self._publisher.observe_confirm
         for message in messages:
+            began = time.monotonic() if observe is not None else None
             try:
                 channel.basic_publish(
                     message.exchange, message.routing_key, message.body,
                     message.properties, message.mandatory)
             except pika.exceptions.UnroutableError:
+                self._publisher.returns += 1
                 message.done(message.undeliverable())
+            except pika.exceptions.NackError as exc:
+                self._publisher.nacks += 1
+                message.done(exc)
             except pika.exceptions.ChannelClosedByBroker as exc:
                 self.closed = BrokerRefused(
                     'publish', exc.reply_code, exc.reply_text)
@@ -559,6 +592,8 @@ class _SyncConfirmChannel:
             except Exception as exc:
                 message.done(exc)
             else:
+                if began is not None:
+                    observe(time.monotonic() - began)
                 message.done(None)
 
     unconfirmed = False  # each message is confirmed as it is published

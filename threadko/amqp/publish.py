@@ -94,6 +94,7 @@ class _Producer:
         self.channel = connection.channel()
         if use_confirms:
             self.channel.confirm_delivery()
+        self._confirming = use_confirms and pool is not None
         self.declared = set()
         #: the broker's reason while it blocks this connection
         self.blocked = None
@@ -137,9 +138,17 @@ class _Producer:
     def publish(self, exchange, routing_key, body, properties, mandatory,
                 declare):
         self.declare(declare)
+        observe = self._pool.observe_confirm if self._confirming else None
+        if observe is None:
+            self.channel.basic_publish(
+                exchange=exchange, routing_key=routing_key, body=body,
+                properties=properties, mandatory=mandatory)
+            return
+        began = time.monotonic()
         self.channel.basic_publish(
             exchange=exchange, routing_key=routing_key, body=body,
             properties=properties, mandatory=mandatory)
+        observe(time.monotonic() - began)
 
     def close(self):
         try:
@@ -165,10 +174,18 @@ class ProducerPool:
     :class:`~threadko.exceptions.PublishBlocked` (see the module
     docstring); None waits as long as the alarm lasts.
 
+    For metrics, the pool counts the messages the broker returned as
+    unroutable (:attr:`returns`) and refused (:attr:`nacks`), and calls
+    :attr:`observe_confirm` with each confirm latency when it is set.
+
     :param connector: a :class:`~threadko.amqp.connection.Connector`; its
         connection parameters get ``blocked_timeout`` as pika's
         ``blocked_connection_timeout``
     """
+
+    #: ``fn(seconds)`` called, on the publishing thread, with how long
+    #: each confirmed publish took until its confirm, or None
+    observe_confirm = None
 
     def __init__(self, connector,
                  blocked_timeout=DEFAULT_PUBLISH_BLOCKED_TIMEOUT):
@@ -181,6 +198,9 @@ class ProducerPool:
         # notified by close(): ends the waits between retries
         self._closed = threading.Condition(self._lock)
         self._generation = 0
+        #: publishes the broker returned (mandatory, unroutable) and nacked
+        self.returns = 0
+        self.nacks = 0
         fork.register(self)
 
     def _after_fork_in_child(self):
@@ -233,6 +253,8 @@ class ProducerPool:
                 producer.publish(exchange, routing_key, body, properties,
                                  mandatory, declare)
             except pika.exceptions.UnroutableError:
+                with self._lock:  # publishing threads count at once
+                    self.returns += 1
                 raise UndeliverableMessage(
                     'No queue is bound to exchange {!r} for routing key '
                     '{!r}'.format(exchange, routing_key))
@@ -290,18 +312,23 @@ class ProducerPool:
                     action(), producer.blocked or 'no reason given',
                     self.blocked_timeout) from None
             except (pika.exceptions.NackError,) + CONNECTION_ERRORS as exc:
+                nacked = isinstance(exc, pika.exceptions.NackError)
+                if nacked:
+                    with self._lock:
+                        self.nacks += 1
                 if producer is not None:
                     producer.close()
                     if not isinstance(exc, _NOT_SENT_ERRORS):
                         # lost while waiting for the confirm (or on a
                         # stale idle connection: we cannot tell)
                         unconfirmed = True
-                if reused:
+                if reused and not nacked:
                     # an idle connection the broker dropped meanwhile: try
-                    # the next one (or a new one) straight away
+                    # the next one (or a new one) straight away (a nack is
+                    # the broker's answer: retried per the policy only)
                     _log.debug('idle publisher connection was lost (%r)', exc)
                     continue
-                if not isinstance(exc, pika.exceptions.NackError):
+                if not nacked:
                     # a certificate, the login or the vhost: retrying does
                     # not help
                     error = self.connector.configuration_error(exc)
@@ -316,7 +343,7 @@ class ProducerPool:
                     if not self._wait_unless_closed(began, wait):
                         wait = None  # closed meanwhile: give up now
                 if wait is None:
-                    if isinstance(exc, pika.exceptions.NackError):
+                    if nacked:
                         raise
                     error = (PublishUnconfirmed if unconfirmed and confirmed
                              else BrokerUnavailable)

@@ -28,6 +28,7 @@ Process lifecycle (threads version of Nameko's ``nameko run``):
 import concurrent.futures.thread
 import importlib
 import inspect
+import json
 import logging
 import os
 import queue
@@ -48,6 +49,9 @@ from threadko.constants import (
 )
 from threadko.exceptions import CommandError
 from threadko.extensions import ENTRYPOINT_EXTENSIONS_ATTR
+from threadko.observability import (
+    METRICS_ADDRESS_CONFIG_KEY, TRACING_CONFIG_KEY,
+)
 from threadko.runners import ServiceRunner
 from threadko.utils import sanitize_url
 
@@ -382,6 +386,19 @@ def exit_abandoning_threads(status):
     os._exit(status)
 
 
+def observability_defines(metrics_address, tracing):
+    """``--define``s for ``--metrics`` and ``--tracing`` (they override
+    the file, as defines do)."""
+    defines = ()
+    if metrics_address is not None:
+        # JSON text is YAML: the address stays a string
+        defines += ('{}={}'.format(
+            METRICS_ADDRESS_CONFIG_KEY, json.dumps(metrics_address)),)
+    if tracing:
+        defines += ('{}=true'.format(TRACING_CONFIG_KEY),)
+    return defines
+
+
 def _seconds_or_none(value):
     """A time limit in seconds, or None for no limit: ``None``, or a
     number of 0 or less (the config checks have vetted the type)."""
@@ -403,12 +420,20 @@ def _seconds_or_none(value):
                    'within this time (waiting for the broker, say). '
                    'Overrides the config\'s START_TIMEOUT; default: wait '
                    'for as long as it takes.')
+@click.option('--metrics', 'metrics_address', metavar='[HOST:]PORT',
+              help='Serve Prometheus metrics (/metrics) and health probes '
+                   '(/health/live, /health/ready) on this address: sets '
+                   'METRICS_ADDRESS. Needs threadko[metrics].')
+@click.option('--tracing', is_flag=True,
+              help='Trace workers and calls with OpenTelemetry: sets '
+                   'TRACING. Needs threadko[tracing] and an SDK set up '
+                   '(opentelemetry-instrument, say).')
 @nameko_bridge_option
 @click.argument('services', nargs=-1, required=True,
                 metavar='MODULE[:CLASS]...')
 @click.pass_context
 def run(ctx, config_path, defines, broker, grace_period, start_timeout,
-        nameko_bridge, services):
+        metrics_address, tracing, nameko_bridge, services):
     """Run one or more services until stopped.
 
     Each argument is a module (every class in it with entrypoints is run)
@@ -421,6 +446,7 @@ def run(ctx, config_path, defines, broker, grace_period, start_timeout,
     one kills the services (exit status 130), as does a stop that outlasts
     the grace period (exit status 1).
     """
+    defines = tuple(defines) + observability_defines(metrics_address, tracing)
     config = load_config_for_services(config_path, defines, broker)
     install_nameko_bridge(nameko_bridge)
 

@@ -81,10 +81,8 @@ def entrypoint_kind(entrypoint):
 
 def metrics_address(config):
     """The configured ``METRICS_ADDRESS``, or None when it is unset."""
-    address = config.get(METRICS_ADDRESS_CONFIG_KEY)
-    if address is None or address == '':
-        return None
-    return address
+    # as WEB_SERVER_ADDRESS: null, '' and the number 0 serve nothing
+    return config.get(METRICS_ADDRESS_CONFIG_KEY) or None
 
 
 def tracing_enabled(config):
