@@ -115,6 +115,7 @@ INVALID = [
     ('METRICS_ADDRESS', 'localhost:metrics', "'[host:]port'"),
     ('METRICS_ADDRESS', 70000, 'from 0 to 65535'),
     ('TRACING', 'on', 'true or false'),
+    ('TRACING_CALL_ARGS', 1, 'true or false'),
     ('WEB_SERVER_CONNECTION_LIMIT', 0, '1 or more'),
     ('WEB_SERVER_CONNECTION_LIMIT', None, '1 or more'),
     ('WEB_SERVER_HEADER_TIMEOUT', 0, 'seconds above 0'),
@@ -227,6 +228,7 @@ VALID = [
     ('METRICS_ADDRESS', None),  # off
     ('TRACING', False),
     ('TRACING', None),  # off
+    ('TRACING_CALL_ARGS', True),
     ('SHUTDOWN_GRACE_PERIOD', 25),
     ('SHUTDOWN_GRACE_PERIOD', None),  # no limit
     ('SHUTDOWN_GRACE_PERIOD', 0),

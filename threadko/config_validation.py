@@ -480,6 +480,7 @@ CHECKS = {
     # threadko.observability's
     'METRICS_ADDRESS': _web_server_address,
     'TRACING': optional(boolean, 'means off'),
+    'TRACING_CALL_ARGS': optional(boolean, 'means off'),
     'WEB_SERVER_MAX_REQUEST_BODY_SIZE': optional(
         whole_number(0), 'means no limit'),
     # HttpSite reads it with int()
