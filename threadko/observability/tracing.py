@@ -451,8 +451,6 @@ def _message_attributes(attributes, message):
     if method.routing_key:
         attributes['messaging.rabbitmq.destination.routing_key'] = \
             method.routing_key
-    attributes['messaging.rabbitmq.message.delivery_tag'] = \
-        method.delivery_tag
     if properties.correlation_id is not None:
         attributes['messaging.message.conversation_id'] = \
             properties.correlation_id
@@ -533,8 +531,10 @@ class _WorkerTracing:
             name = spec.name
             if spec.origin == 'message' and origin is not None:
                 # the sender's span (and baggage), if the headers carry it
+                headers = origin.headers
                 parent = propagate.extract(
-                    origin.headers, getter=_headers_getter)
+                    headers, getter=_headers_getter) if _carries_context(
+                        headers, _header_fields) else None
                 _message_attributes(attributes, origin)
                 if name is None:
                     name = 'process ' + (
@@ -580,7 +580,44 @@ def _http_parent(environ):
     middleware), else the trace context of the request's headers."""
     if trace.get_current_span().get_span_context().is_valid:
         return None
+    if not _carries_context(environ, _environ_fields):
+        return None  # most requests: nothing to extract
     return propagate.extract(environ, getter=_environ_getter)
+
+
+class _PropagatorFields:
+    """The carrier keys of the global propagator's fields (``traceparent``,
+    ``tracestate``, ``baggage`` by default), as one kind of carrier spells
+    them; worked out again when the global propagator changes."""
+
+    def __init__(self, spell):
+        self._spell = spell
+        self._propagator = None
+        self._keys = ()
+
+    def keys(self):
+        propagator = propagate.get_global_textmap()
+        if propagator is not self._propagator:
+            self._keys = tuple(
+                key for field in propagator.fields
+                for key in self._spell(field))
+            self._propagator = propagator
+        return self._keys
+
+
+_environ_fields = _PropagatorFields(
+    lambda field: ('HTTP_' + field.upper().replace('-', '_'),))
+_header_fields = _PropagatorFields(
+    lambda field: (field, _NAMEKO_PREFIX + field))
+
+
+def _carries_context(carrier, fields):
+    """Whether ``carrier`` has any header the propagator reads: extracting
+    from one without costs far more than this check."""
+    for key in fields.keys():
+        if key in carrier:
+            return True
+    return False
 
 
 def _split_host(host):
@@ -616,12 +653,8 @@ def _http_attributes(environ):
     remote = environ.get('REMOTE_ADDR')
     if remote:
         attributes['client.address'] = remote
-    protocol = environ.get('SERVER_PROTOCOL', '')
-    if protocol.startswith('HTTP/'):
-        attributes['network.protocol.version'] = protocol[5:]
-    agent = environ.get('HTTP_USER_AGENT')
-    if agent:
-        attributes['user_agent.original'] = agent
+    # (each attribute costs the SDK a validation per span: the protocol
+    # version and user agent, recommended only, are left out)
     return attributes
 
 
