@@ -19,7 +19,6 @@ import logging
 import sys
 import threading
 import time
-import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -42,6 +41,7 @@ from threadko.log_helpers import make_timing_logger
 from threadko.observability import instrument_container
 from threadko.utils import import_from_path
 from threadko.utils.concurrency import SpawningSet, call_each
+from threadko.utils.ids import random_uuid
 
 _log = logging.getLogger(__name__)
 _log_time = make_timing_logger(_log)
@@ -97,7 +97,7 @@ def get_worker_context():
 
 def new_call_id():
     """A new unique id for a call (patch this for predictable ids)."""
-    return str(uuid.uuid4())
+    return random_uuid()
 
 
 class WorkerContext:
@@ -412,6 +412,34 @@ class ServiceContainer:
         :meth:`stop` or :meth:`kill` begins (what a readiness probe
         reports)."""
         return self._running
+
+    @property
+    def stopping(self):
+        """True from the moment :meth:`stop` or :meth:`kill` began (until
+        a later :meth:`start`)."""
+        return self._stopping or self._being_killed
+
+    @property
+    def busy_workers(self):
+        """How many worker slots are taken now."""
+        return self._worker_slots.busy
+
+    @property
+    def workers_waiting(self):
+        """How many threads wait for a free worker slot now (HTTP
+        requests, timers, the AMQP dispatcher)."""
+        return self._worker_slots._acquiring
+
+    def running_workers(self):
+        """A list of the :class:`WorkerContext` of every worker running
+        now."""
+        for _ in range(3):
+            try:
+                # copied in C, without other threads running in between
+                return list(self._worker_threads)
+            except RuntimeError:  # changed size meanwhile (not on CPython)
+                continue
+        return []
 
     @property
     def interface(self):

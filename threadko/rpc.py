@@ -48,6 +48,7 @@ from threadko.extensions import (
 from threadko.messaging import HeaderDecoder
 from threadko.observability import tracer_for
 from threadko.utils import fork
+from threadko.utils.ids import random_uuid
 from threadko import serialization
 
 _log = logging.getLogger(__name__)
@@ -685,7 +686,7 @@ class RpcClient:
             raise self.closed_error
         if self.forked:
             self.on_fork()
-        correlation_id = str(uuid.uuid4())
+        correlation_id = random_uuid()
         outgoing = self.publisher.prepare(
             {'args': args, 'kwargs': kwargs},
             extra_headers=encode_to_headers(context_data),

@@ -41,7 +41,7 @@ def container_state(container, consumers):
         if all(consumer.connected for consumer in consumers):
             return RUNNING
         return RECONNECTING
-    if container._stopping or container._being_killed:
+    if container.stopping:
         return STOPPING
     return STARTING
 

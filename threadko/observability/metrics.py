@@ -319,18 +319,6 @@ class _ScrapeCollector:
         return list(families.values())
 
 
-def _running_workers(container):
-    """The contexts of the workers running now (in ``_worker_threads``,
-    which nameko-prometheus reads too)."""
-    for _ in range(3):
-        try:
-            # copied in C, without letting other threads run in between
-            return list(container._worker_threads)
-        except RuntimeError:  # changed size meanwhile (not on CPython)
-            continue
-    return []
-
-
 def _add(values, name, labels, value, combine=sum):
     """Add a sample; a label set seen twice (two containers of one
     service in the process, two consumers of one queue) is combined."""
@@ -344,13 +332,12 @@ def _read_container(source, values):
     container = source.container
     service = container.service_name
     labels = (service,)
-    slots = container._worker_slots
-    waiting = slots._acquiring
+    waiting = container.workers_waiting
     _add(values, 'workers_max', labels, container.max_workers)
-    _add(values, 'workers_busy', labels, slots.busy)
+    _add(values, 'workers_busy', labels, container.busy_workers)
 
     in_flight = {entrypoint: 0 for entrypoint in container.entrypoints}
-    for worker_ctx in _running_workers(container):
+    for worker_ctx in container.running_workers():
         entrypoint = worker_ctx.entrypoint
         in_flight[entrypoint] = in_flight.get(entrypoint, 0) + 1
     for entrypoint, count in in_flight.items():

@@ -216,21 +216,24 @@ class Tracing:
 
     def _rpc_call(self, outgoing, service_name, method_name):
         properties = outgoing.properties
-        attributes = {
-            'rpc.system': RPC_SYSTEM,
-            'rpc.service': service_name,
-            'rpc.method': method_name,
-            'messaging.system': MESSAGING_SYSTEM,
-            'messaging.destination.name': outgoing.exchange,
-            'messaging.rabbitmq.destination.routing_key':
-                outgoing.routing_key,
-        }
-        if properties.correlation_id is not None:
-            attributes['messaging.message.conversation_id'] = \
-                properties.correlation_id
         span = self.tracer.start_span(
-            '{}/{}'.format(service_name, method_name), kind=SpanKind.CLIENT,
-            attributes=attributes)
+            '{}/{}'.format(service_name, method_name), kind=SpanKind.CLIENT)
+        # attributes only for a span that records them (not for one the
+        # sampler dropped, nor without an SDK): building them costs
+        if span.is_recording():
+            attributes = {
+                'rpc.system': RPC_SYSTEM,
+                'rpc.service': service_name,
+                'rpc.method': method_name,
+                'messaging.system': MESSAGING_SYSTEM,
+                'messaging.destination.name': outgoing.exchange,
+                'messaging.rabbitmq.destination.routing_key':
+                    outgoing.routing_key,
+            }
+            if properties.correlation_id is not None:
+                attributes['messaging.message.conversation_id'] = \
+                    properties.correlation_id
+            span.set_attributes(attributes)
         _inject_or_end(properties, span)
         return RpcCallSpan(span)
 
@@ -345,23 +348,25 @@ class _Publishing:
         outgoing = self._outgoing
         properties = outgoing.properties
         exchange = outgoing.exchange or ''
-        attributes = {
-            'messaging.system': MESSAGING_SYSTEM,
-            'messaging.operation.type': 'send',
-            'messaging.operation.name': 'publish',
-            'messaging.destination.name': exchange,
-        }
-        if outgoing.routing_key:
-            attributes['messaging.rabbitmq.destination.routing_key'] = \
-                outgoing.routing_key
-        if properties.message_id is not None:
-            attributes['messaging.message.id'] = properties.message_id
-        if properties.correlation_id is not None:
-            attributes['messaging.message.conversation_id'] = \
-                properties.correlation_id
         span = self._tracer.start_span(
             'publish ' + (exchange or DEFAULT_EXCHANGE),
-            kind=SpanKind.PRODUCER, attributes=attributes)
+            kind=SpanKind.PRODUCER)
+        if span.is_recording():
+            attributes = {
+                'messaging.system': MESSAGING_SYSTEM,
+                'messaging.operation.type': 'send',
+                'messaging.operation.name': 'publish',
+                'messaging.destination.name': exchange,
+            }
+            if outgoing.routing_key:
+                attributes['messaging.rabbitmq.destination.routing_key'] = \
+                    outgoing.routing_key
+            if properties.message_id is not None:
+                attributes['messaging.message.id'] = properties.message_id
+            if properties.correlation_id is not None:
+                attributes['messaging.message.conversation_id'] = \
+                    properties.correlation_id
+            span.set_attributes(attributes)
         _inject_or_end(properties, span)
         self._span = span
         return span
@@ -504,11 +509,7 @@ class _WorkerTracing:
         spec = self._specs.get(entrypoint)
         if spec is None:
             spec = self._specs[entrypoint] = _make_spec(entrypoint, origin)
-        attributes = dict(spec.attributes)
-        attributes['threadko.call_id'] = worker_ctx.call_id
-        attributes['threadko.call_id_stack'] = worker_ctx.call_id_stack
-        if worker_ctx.attempt != 1:
-            attributes['threadko.attempt'] = worker_ctx.attempt
+        message = origin if spec.origin == 'message' else None
 
         if spec.origin == 'http' and origin is not None:
             started = origin.environ.get(_ENVIRON_KEY)
@@ -516,42 +517,52 @@ class _WorkerTracing:
                 # the request's span, opened by the web server: the worker
                 # adds to it, and the server ends it with the response
                 span, context = started
-                span.set_attributes(attributes)
                 owned = False
             else:  # a router that does not observe: a span of our own
                 parent = _http_parent(origin.environ)
                 span = self._tracer.start_span(
                     _http_span_name(origin.environ.get('REQUEST_METHOD')),
-                    context=parent, kind=SpanKind.SERVER,
-                    attributes=dict(
-                        _http_attributes(origin.environ), **attributes))
+                    context=parent, kind=SpanKind.SERVER)
+                if span.is_recording():
+                    span.set_attributes(_http_attributes(origin.environ))
                 context = trace.set_span_in_context(span, parent)
                 owned = True
         else:
             name = spec.name
-            if spec.origin == 'message' and origin is not None:
+            parent = None  # the current context: a new trace
+            if message is not None:
                 # the sender's span (and baggage), if the headers carry it
-                headers = origin.headers
-                parent = propagate.extract(
-                    headers, getter=_headers_getter) if _carries_context(
-                        headers, _header_fields) else None
-                _message_attributes(attributes, origin)
+                headers = message.headers
+                if _carries_context(headers, _header_fields):
+                    parent = propagate.extract(
+                        headers, getter=_headers_getter)
                 if name is None:
                     name = 'process ' + (
-                        origin.method.exchange or DEFAULT_EXCHANGE)
-            else:
-                parent = None  # the current context: a new trace
+                        message.method.exchange or DEFAULT_EXCHANGE)
             span = self._tracer.start_span(
                 name or '{}.{}'.format(worker_ctx.service_name,
                                        entrypoint.method_name),
-                context=parent, kind=spec.span_kind, attributes=attributes)
+                context=parent, kind=spec.span_kind)
             context = trace.set_span_in_context(span, parent)
             owned = True
-        if spec.call_args and span.is_recording():
-            call_args = _call_args(
-                worker_ctx, 'http' if spec.origin == 'http' else None)
-            if call_args is not None:
-                span.set_attribute('threadko.call_args', call_args)
+
+        # attributes only for a span that records them (not for one the
+        # sampler dropped, nor without an SDK): the call id alone would
+        # otherwise be made for every worker
+        if span.is_recording():
+            attributes = dict(spec.attributes)
+            attributes['threadko.call_id'] = worker_ctx.call_id
+            attributes['threadko.call_id_stack'] = worker_ctx.call_id_stack
+            if worker_ctx.attempt != 1:
+                attributes['threadko.attempt'] = worker_ctx.attempt
+            if message is not None:
+                _message_attributes(attributes, message)
+            if spec.call_args:
+                call_args = _call_args(
+                    worker_ctx, 'http' if spec.origin == 'http' else None)
+                if call_args is not None:
+                    attributes['threadko.call_args'] = call_args
+            span.set_attributes(attributes)
         return span, otel_context.attach(context), owned
 
     def _finish(self, worker_ctx, token, error):
@@ -685,14 +696,18 @@ class _HttpTracing:
         parent = _http_parent(environ)
         span = self._tracer.start_span(
             _http_span_name(environ.get('REQUEST_METHOD')),
-            context=parent, kind=SpanKind.SERVER,
-            attributes=_http_attributes(environ))
+            context=parent, kind=SpanKind.SERVER)
+        if span.is_recording():
+            span.set_attributes(_http_attributes(environ))
         # for the worker to make current: the span, with the baggage the
         # request brought
         environ[_ENVIRON_KEY] = (span, trace.set_span_in_context(span, parent))
         return span
 
     def _finish(self, span, request, rule, response, error):
+        if not span.is_recording():
+            span.end()
+            return
         attributes = {}
         if rule is not None:
             span.update_name('{} {}'.format(
