@@ -101,6 +101,31 @@ class Recorder:
                 'never saw {!r}; saw {!r}'.format(event, self.events))
 
 
+class Journal:
+    """A thread-safe list that tests wait on: :meth:`wait_for` returns
+    once it holds ``count`` items (what workers saw, say)."""
+
+    def __init__(self):
+        self._items = []
+        self._changed = threading.Condition()
+
+    def add(self, item):
+        with self._changed:
+            self._items.append(item)
+            self._changed.notify_all()
+
+    def clear(self):
+        with self._changed:
+            self._items = []
+
+    def wait_for(self, count, timeout=BROKER_WAIT):
+        with self._changed:
+            assert self._changed.wait_for(
+                lambda: len(self._items) >= count, timeout), (
+                'expected {} items, got {!r}'.format(count, self._items))
+            return list(self._items)
+
+
 class RecordingProvider(DependencyProvider):
     """Records every lifecycle hook it sees into ``self.record`` (a
     :class:`Recorder` given at declaration time)."""

@@ -21,7 +21,7 @@ from threadko.standalone.rpc import ServiceRpcProxy
 from threadko.timer import timer
 from threadko.web.handlers import http
 
-from support import WAIT, http_fetch, poll, web_port
+from support import WAIT, Journal, http_fetch, poll, web_port
 
 
 class Failure(Exception):
@@ -32,32 +32,11 @@ class Expected(Exception):
     pass
 
 
-class Events:
-    """A thread-safe list; :meth:`wait_for` waits until it holds
-    ``count`` items and returns them."""
-
-    def __init__(self):
-        self._items = []
-        self._changed = threading.Condition()
-
-    def add(self, item):
-        with self._changed:
-            self._items.append(item)
-            self._changed.notify_all()
-
-    def wait_for(self, count, timeout=WAIT):
-        with self._changed:
-            assert self._changed.wait_for(
-                lambda: len(self._items) >= count, timeout), (
-                'expected {} items, got {!r}'.format(count, self._items))
-            return list(self._items)
-
-
 class RecordingInstrument(WorkerInstrument):
     """Notes each call, with the thread it ran on and what it was given."""
 
     def __init__(self):
-        self.events = Events()
+        self.events = Journal()
 
     def worker_started(self, worker_ctx):
         self.events.add(('started', worker_ctx.entrypoint.method_name,
@@ -178,7 +157,7 @@ def test_amqp_entrypoints_hand_over_the_message_and_http_the_request(
 
 class RecordingRequestObserver:
     def __init__(self):
-        self.finished = Events()
+        self.finished = Journal()
 
     def request_started(self, request):
         return request.path

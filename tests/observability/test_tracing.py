@@ -482,7 +482,9 @@ def test_with_tracing_off_there_are_no_spans_and_no_trace_headers(
 
 def run_python(code):
     result = subprocess.run(
-        [sys.executable, '-c', code], env=child_env(), cwd=HERE,
+        # traced_services imports tests/support.py, as the tests do
+        [sys.executable, '-c', code],
+        env=child_env(PYTHONPATH=os.path.dirname(HERE)), cwd=HERE,
         capture_output=True, text=True, timeout=WAIT * 3)
     assert result.returncode == 0, result.stderr
     return result.stdout

@@ -33,7 +33,9 @@ def child(rabbit_config):
         [sys.executable, '-m', 'threadko', 'run',
          '--broker', rabbit_config['AMQP_URI'], '--define', 'TRACING=true',
          'traced_child:Stock', 'traced_child:Emails'],
-        HERE, child_env(), stream='both', timeout=BROKER_WAIT)
+        # the services module imports tests/support.py, as the tests do
+        HERE, child_env(PYTHONPATH=os.path.dirname(HERE)), stream='both',
+        timeout=BROKER_WAIT)
     try:
         process.wait_for_line('running services')
         yield process

@@ -21,34 +21,12 @@ from threadko.timer import timer
 from threadko.web.handlers import http
 from threadko.web.websocket import rpc as ws_rpc
 
+from support import Journal
+
 WAIT = 10  # seconds a blocked worker waits for the test to release it
 
 #: the password the secrets test sends through every hop
 SECRET = 'hunter2-correct-horse-battery-staple'
-
-
-class Journal:
-    """What workers saw, for the test to wait on."""
-
-    def __init__(self):
-        self._items = []
-        self._changed = threading.Condition()
-
-    def add(self, item):
-        with self._changed:
-            self._items.append(item)
-            self._changed.notify_all()
-
-    def clear(self):
-        with self._changed:
-            self._items = []
-
-    def wait_for(self, count, timeout=WAIT):
-        with self._changed:
-            assert self._changed.wait_for(
-                lambda: len(self._items) >= count, timeout), (
-                'expected {} items, got {!r}'.format(count, self._items))
-            return list(self._items)
 
 
 class Worker(DependencyProvider):
