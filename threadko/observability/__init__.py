@@ -44,8 +44,12 @@ class WorkerInstrument:
         return None
 
     def worker_finished(self, worker_ctx, token, error):
-        """:param error: the exception the service method raised (or the
-            lifecycle, when an extension failed); None on success"""
+        """The worker is done.
+
+        :param token: what :meth:`worker_started` returned
+        :param error: the exception the service method raised (or the
+            lifecycle, when an extension failed); None on success
+        """
 
 
 #: the entrypoint kinds of threadko's own entrypoints, by class
