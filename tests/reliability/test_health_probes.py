@@ -58,12 +58,13 @@ def consumer_metrics(port):
 
 @pytest.fixture
 def probed(service_process):
-    """A ``threadko run`` process of the Probed service, and the port of
-    its metrics and health probes."""
+    """A ``threadko run --metrics ADDRESS --tracing`` process of the Probed
+    service (no OpenTelemetry SDK: spans go nowhere), and the port of its
+    metrics and health probes."""
     port = find_free_port()
     process = service_process(
         SERVICES, 'services:Probed',
-        config={'METRICS_ADDRESS': '127.0.0.1:{}'.format(port)})
+        args=('--metrics', '127.0.0.1:{}'.format(port), '--tracing'))
     return process, port
 
 
