@@ -139,16 +139,12 @@ class _Producer:
                 declare):
         self.declare(declare)
         observe = self._pool.observe_confirm if self._confirming else None
-        if observe is None:
-            self.channel.basic_publish(
-                exchange=exchange, routing_key=routing_key, body=body,
-                properties=properties, mandatory=mandatory)
-            return
-        began = time.monotonic()
+        began = time.monotonic() if observe is not None else None
         self.channel.basic_publish(
             exchange=exchange, routing_key=routing_key, body=body,
             properties=properties, mandatory=mandatory)
-        observe(time.monotonic() - began)
+        if began is not None:
+            observe(time.monotonic() - began)
 
     def close(self):
         try:

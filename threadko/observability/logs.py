@@ -55,6 +55,7 @@ import threading
 import time
 import weakref
 
+from threadko.containers import _describe as describe_exception_message
 from threadko.containers import get_worker_context
 from threadko.observability import entrypoint_kind
 from threadko.utils import get_redacted_args
@@ -102,10 +103,8 @@ def _safe_repr(value):
 
 def _describe(exc):
     """``"TypeError: what it says"``, even if ``str(exc)`` raises."""
-    try:
-        return '{}: {}'.format(type(exc).__name__, exc)
-    except Exception:
-        return type(exc).__name__
+    return '{}: {}'.format(
+        type(exc).__name__, describe_exception_message(exc))
 
 
 def _current_span_ids():

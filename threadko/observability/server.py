@@ -34,7 +34,7 @@ from threadko.web.front import (
     CONNECTION_LIMIT_CONFIG_KEY, MAX_REQUEST_BODY_SIZE_CONFIG_KEY,
     STOP_TIMEOUT_CONFIG_KEY, FrontServer, front_settings,
 )
-from threadko.web.server import BindAddress, parse_address
+from threadko.web.server import parse_address, socket_address
 
 _log = logging.getLogger(__name__)
 
@@ -180,9 +180,7 @@ class ObservabilitySite:
 
         :raises ConfigurationError: the address cannot be bound
         """
-        # "" and "0.0.0.0" are the same socket
-        bind_address = BindAddress(
-            bind_address.address or '0.0.0.0', bind_address.port)
+        bind_address = socket_address(bind_address)
         with cls._sites_lock:
             site = cls._sites.get(bind_address)
             if site is None:

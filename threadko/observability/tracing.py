@@ -50,6 +50,7 @@ import weakref
 
 from threadko.amqp.consumer import Message
 from threadko.constants import HEADER_PREFIX
+from threadko.containers import _describe as describe_exception_message
 from threadko.observability import entrypoint_kind, require
 from threadko.utils import get_redacted_args
 
@@ -103,11 +104,8 @@ def _qualified_name(cls):
 
 
 def _describe(exc):
-    try:
-        text = str(exc)
-    except Exception:  # a broken __str__ must not break the worker
-        text = '<unprintable>'
-    return '{}: {}'.format(type(exc).__name__, text)[:1024]
+    return '{}: {}'.format(
+        type(exc).__name__, describe_exception_message(exc))[:1024]
 
 
 def _record_error(span, exc, status=True):

@@ -1,11 +1,12 @@
 """Random ids for the hot paths (call ids, correlation ids).
 
-``uuid.uuid4()`` reads ``os.urandom``, which releases the GIL around its
-system call: on a busy process another thread then takes the GIL and the
-caller waits to get it back, a thread switch per id (measured at tens of
-microseconds per RPC call under load). These ids need to be unique, not
-unguessable, so they come from :mod:`random` instead (seeded from the
-system's randomness, and again in a forked child), which keeps the GIL.
+``uuid.uuid4()`` reads ``os.urandom``, a system call that releases the
+GIL, so that another thread may take it before the caller gets it back.
+These ids need to be unique, not unguessable, so they come from
+:mod:`random` instead (seeded from the system's randomness, and again in a
+forked child), which keeps the GIL and is cheaper (1.8 µs against 2.4 µs
+per id in a tight loop; the effect on whole calls under load was within
+the benchmarks' noise).
 """
 
 import random

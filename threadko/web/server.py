@@ -55,6 +55,12 @@ def parse_address(address_string):
     return BindAddress(match.group('address') or '', int(match.group('port')))
 
 
+def socket_address(bind_address):
+    """``bind_address`` as the socket it binds, the key of a process-wide
+    site: ``""`` and ``"0.0.0.0"`` are the same socket."""
+    return BindAddress(bind_address.address or '0.0.0.0', bind_address.port)
+
+
 class Router:
     """A WSGI application routing to ``@http`` entrypoints.
 
@@ -209,9 +215,7 @@ class HttpSite:
         :param workers: how many requests ``user`` may serve at once
         :raises ConfigurationError: the address cannot be bound
         """
-        # "" and "0.0.0.0" are the same socket
-        bind_address = BindAddress(
-            bind_address.address or '0.0.0.0', bind_address.port)
+        bind_address = socket_address(bind_address)
         with cls._sites_lock:
             site = cls._sites.get(bind_address)
             if site is None:
